@@ -1,0 +1,212 @@
+"""Typed configuration: `dispatchd.toml` overlaid with `DISPATCHD_<SECTION>__<KEY>` env vars."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dispatchd.errors import ConfigError
+from dispatchd.numbers import valid_region
+
+DEFAULT_CONFIG_PATH = Path("dispatchd.toml")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent, so they fail loudly.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    """Address the HTTP API listens on."""
+    port: int = Field(8080, ge=0, le=65535)
+    """TCP port of the HTTP API (0 picks a free one)."""
+    public_url: str = "http://127.0.0.1:8080"
+    """Base URL providers call back on; delivery reports go to `{public_url}/messages/...`."""
+
+    _check_url = field_validator("public_url")(_http_url)
+
+
+class StorageConfig(_Section):
+    path: Path = Path("var/dispatchd.db")
+    """SQLite database file; its parent directory is created if missing."""
+
+
+class DeliveryConfig(_Section):
+    concurrency: int = Field(64, ge=1, le=10_000)
+    """Provider requests in flight at most."""
+    max_attempts: int = Field(5, ge=1, le=100)
+    """Attempts per message; each attempt tries every provider once."""
+    backoff_initial: float = Field(1.0, ge=0)
+    """Seconds before the 2nd attempt; doubles per attempt, jittered."""
+    backoff_max: float = Field(300.0, ge=0)
+    """Upper bound of the delay between attempts, in seconds."""
+    max_age: float = Field(3600, gt=0)
+    """Seconds after acceptance at which a message no provider accepted expires."""
+    max_segments: int = Field(10, ge=1, le=255)
+    """Longest message accepted, in SMS segments."""
+    default_region: str = "US"
+    """ISO 3166 region assumed for numbers written without a country code."""
+    lease: float = Field(60.0, gt=0)
+    """Seconds a claimed message stays reserved for this process before others may retry it."""
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.upper()
+        if not valid_region(region):
+            raise ValueError(f"{value!r} is not a region code phonenumbers knows (e.g. 'US', 'GB')")
+        return region
+
+
+class ProviderConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Short name used in logs, attempts and the message resource."""
+    url: str
+    """Endpoint that takes `POST {to_number, message, callback_url}`."""
+    weight: int = Field(1, ge=0, le=1_000_000)
+    """Share of first attempts; 0 makes the provider a failover-only backup."""
+    timeout: float = Field(5.0, gt=0, le=300)
+    """Seconds to wait for the provider's answer before failing over."""
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class SimulatorConfig(_Section):
+    enabled: bool = False
+    """Mount simulated providers at `/simulator/{name}` on the daemon's own server."""
+    failure_rate: float = Field(0.05, ge=0, le=1)
+    """Share of requests answered with `500 {"error": "Something went wrong"}`."""
+    latency: float = Field(0.02, ge=0, le=60)
+    """Seconds before the simulated provider answers."""
+    callback_delay: float = Field(0.5, ge=0, le=3600)
+    """Seconds between the provider's 200 and its delivery report."""
+    delivered: float = Field(0.97, ge=0)
+    """Relative weight of `delivered` reports."""
+    failed: float = Field(0.03, ge=0)
+    """Relative weight of `failed` reports."""
+    invalid: float = Field(0.0, ge=0)
+    """Relative weight of `invalid` reports (numbers ending in 0000 are always invalid)."""
+    invalid_suffix: str = Field("0000", pattern=r"^[0-9]*$")
+    """Numbers ending in these digits are always reported `invalid`; empty disables the rule."""
+
+    @model_validator(mode="after")
+    def _some_status(self) -> SimulatorConfig:
+        if self.delivered + self.failed + self.invalid <= 0:
+            raise ValueError("at least one of delivered, failed, invalid must be above 0")
+        return self
+
+
+def _default_providers() -> list[ProviderConfig]:
+    base = "http://127.0.0.1:8080/simulator"
+    return [
+        ProviderConfig(name="provider1", url=f"{base}/provider1", weight=30),
+        ProviderConfig(name="provider2", url=f"{base}/provider2", weight=70),
+    ]
+
+
+class Config(BaseSettings):
+    """The whole daemon configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCHD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    providers: list[ProviderConfig] = Field(default_factory=_default_providers, min_length=1)
+    simulator: SimulatorConfig = SimulatorConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Config:
+        names = [p.name for p in self.providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(duplicates)}")
+        if not any(p.weight > 0 for p in self.providers):
+            raise ValueError("at least one provider needs a weight above 0")
+        longest = sum(p.timeout for p in self.providers)
+        if self.delivery.lease <= longest:
+            raise ValueError(
+                f"delivery.lease ({self.delivery.lease:g}s) must exceed the sum of provider "
+                f"timeouts ({longest:g}s), or a slow attempt could be sent twice"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return env_settings, init_settings
+
+
+def config_path(explicit: str | None) -> Path:
+    """Resolve the config file: the flag, then `$DISPATCHD_CONFIG`, then `./dispatchd.toml`."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("DISPATCHD_CONFIG")
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def describe(exc: ValidationError) -> str:
+    """Render validation errors as `key: problem` lines naming each offending key."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = _location(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def load(path: Path | None, *, must_exist: bool = False) -> Config:
+    """Load and validate the config; raise ConfigError naming the bad key."""
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    elif path is not None and must_exist:
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'config'}: {describe(exc)}") from exc

@@ -1,0 +1,159 @@
+"""The composition root: builds every part once, wires them, runs until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import signal
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from dispatchd.config import Config
+from dispatchd.providers import ProviderClient
+from dispatchd.retry import RetryPolicy
+from dispatchd.service import Service
+from dispatchd.simulator import SimulatorState, make_simulator_app
+from dispatchd.store import Store
+from dispatchd.web import WebDeps, make_app
+from dispatchd.worker import Worker, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+
+
+class Daemon:
+    """One running dispatchd: store, service, worker and HTTP server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        simulator_state: SimulatorState | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.simulator = simulator_state or SimulatorState(config.simulator)
+        self.store: Store | None = None
+        self.service: Service | None = None
+        self.worker: Worker | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self.port: int | None = None
+        self.failed = asyncio.Event()
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Open the store, recover orphaned work, bind the listener, start delivering."""
+        cfg = self.config
+        store = self.store = await Store.open(cfg.storage.path)
+        recovered = await store.release_all_leases(self._clock())
+        if recovered:
+            logger.info("event=recovered_after_restart count=%d", recovered)
+        secret = await store.ensure_secret(secrets.token_hex(32))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.delivery.concurrency, limit_per_host=0),
+        )
+        worker_ref: list[Worker] = []
+        service = self.service = Service(
+            store,
+            cfg.delivery,
+            public_url=cfg.server.public_url,
+            secret=secret,
+            suppressed=await store.suppressed_numbers(),
+            on_new_work=lambda: worker_ref[0].wake(),
+            clock=self._clock,
+        )
+        d = cfg.delivery
+        worker = self.worker = Worker(
+            store,
+            ProviderClient(self._session, self._clock),
+            cfg.providers,
+            WorkerSettings(
+                concurrency=d.concurrency,
+                lease=d.lease,
+                policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
+            ),
+            callback_url=service.callback_url,
+            is_suppressed=service.is_suppressed,
+            clock=self._clock,
+            rng=self._rng,
+        )
+        worker_ref.append(worker)
+        app = make_app(WebDeps(service, d.default_region, self._not_ready_reason))
+        if cfg.simulator.enabled:
+            app.add_subapp("/simulator/", make_simulator_app(self.simulator))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        self._worker_task = asyncio.create_task(worker.run(), name="worker")
+        self._worker_task.add_done_callback(self._worker_ended)
+        logger.info(
+            "event=started host=%s port=%d db=%s providers=%s simulator=%s",
+            cfg.server.host,
+            self.port,
+            cfg.storage.path,
+            ",".join(f"{p.name}:{p.weight}" for p in cfg.providers),
+            cfg.simulator.enabled,
+        )
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        # The worker only returns when stopped; anything else means delivery is dead.
+        if task.cancelled() or self.worker is None or self.worker.stopping:
+            return
+        logger.error("event=worker_died error=%r", task.exception())
+        self.failed.set()
+
+    def _not_ready_reason(self) -> str | None:
+        if self.store is None or not self.store.healthy:
+            last = self.store.last_error if self.store else None
+            return f"The message store cannot take writes ({last})."
+        if self.worker is None or not self.worker.running:
+            return "The delivery worker is not running."
+        return None
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, finish in-flight deliveries (up to `grace`), close the store."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.worker is not None:
+            await self.worker.stop(grace)
+        if self._worker_task is not None:
+            await asyncio.gather(self._worker_task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if self.store is not None:
+            await self.store.close()
+        logger.info("event=stopped")
+
+
+async def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT (exit 0) or a fatal internal error (exit 1)."""
+    daemon = Daemon(config)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait(), name="wait-signal")
+    failed = asyncio.create_task(daemon.failed.wait(), name="wait-failure")
+    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopped, failed):
+        task.cancel()
+    logger.info("event=stopping")
+    await daemon.stop()
+    return 1 if daemon.failed.is_set() else 0

@@ -1,0 +1,43 @@
+"""The one error hierarchy of dispatchd; each docstring is the default message."""
+
+from __future__ import annotations
+
+
+class DispatchdError(Exception):
+    """Something went wrong in dispatchd."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class ConfigError(DispatchdError):
+    """The configuration is not valid."""
+
+
+class StoreError(DispatchdError):
+    """The database cannot be used."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot take writes right now; try again shortly."""
+
+
+class StoreLocked(StoreError):
+    """Another dispatchd process is using this database."""
+
+
+class ProviderError(DispatchdError):
+    """A provider did not accept the message."""
+
+    def __init__(self, message: str | None = None, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider is unavailable (5xx, 408, 429, timeout or connection error); try another."""
+
+
+class ProviderRejected(ProviderError):
+    """The provider rejected the message (4xx); retrying it there will not help."""

@@ -1,0 +1,198 @@
+"""Use cases: accept a message, apply a delivery report, answer questions about messages."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dispatchd.config import DeliveryConfig
+from dispatchd.encoding import segment
+from dispatchd.errors import DispatchdError
+from dispatchd.ids import IdGenerator
+from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status
+from dispatchd.numbers import NumberError, to_e164
+from dispatchd.store import ReportResult, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    code: str
+    message: str
+
+
+class ValidationFailed(DispatchdError):
+    """The request has invalid fields."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(" ".join(e.message for e in errors))
+        self.errors = errors
+
+
+class NumberSuppressed(DispatchdError):
+    """The number was reported invalid earlier, so messages to it are refused."""
+
+
+class UnknownMessage(DispatchdError):
+    """There is no such message."""
+
+
+class BadToken(DispatchdError):
+    """The callback token is missing or wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """A validated send: E.164 number, text and its segmentation."""
+
+    to_number: str
+    message: str
+    segments: int
+    encoding: str
+
+
+class Service:
+    """Accepts messages and delivery reports; decides, then asks the store to persist."""
+
+    def __init__(
+        self,
+        store: Store,
+        delivery: DeliveryConfig,
+        *,
+        public_url: str,
+        secret: str,
+        suppressed: set[str],
+        on_new_work: Callable[[], None],
+        ids: IdGenerator | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._delivery = delivery
+        self._public_url = public_url.rstrip("/")
+        self._secret = secret.encode()
+        # A cache of the suppressions table: checked on every accept, so kept in memory.
+        self._suppressed = suppressed
+        self._on_new_work = on_new_work
+        self._ids = ids or IdGenerator()
+        self._clock = clock
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def validate(self, data: Mapping[str, Any]) -> SendRequest:
+        """Check the fields of a send request; raise ValidationFailed listing every problem."""
+        errors: list[FieldError] = []
+        number = data.get("to_number")
+        text = data.get("message")
+        e164 = ""
+        if number is None:
+            errors.append(FieldError("to_number", "missing", "to_number is required."))
+        elif not isinstance(number, str):
+            errors.append(FieldError("to_number", "not_a_string", "to_number must be a string."))
+        else:
+            try:
+                e164 = to_e164(number, self._delivery.default_region)
+            except NumberError as exc:
+                errors.append(FieldError("to_number", exc.code, exc.message))
+        seg = None
+        if text is None:
+            errors.append(FieldError("message", "missing", "message is required."))
+        elif not isinstance(text, str):
+            errors.append(FieldError("message", "not_a_string", "message must be a string."))
+        elif not text.strip():
+            errors.append(FieldError("message", "empty", "message must contain some text."))
+        else:
+            seg = segment(text)
+            if seg.segments > self._delivery.max_segments:
+                errors.append(
+                    FieldError(
+                        "message",
+                        "too_long",
+                        f"message needs {seg.segments} SMS segments ({seg.encoding}); "
+                        f"at most {self._delivery.max_segments} are allowed.",
+                    )
+                )
+        if errors or seg is None or not isinstance(text, str):
+            raise ValidationFailed(errors)
+        return SendRequest(e164, text, seg.segments, seg.encoding.value)
+
+    async def accept(self, request: SendRequest) -> Message:
+        """Store a new message durably and wake the worker; refuse suppressed numbers."""
+        if request.to_number in self._suppressed:
+            raise NumberSuppressed(
+                f"{request.to_number} was reported invalid by a provider; "
+                "messages to it are not accepted."
+            )
+        now = self._clock()
+        msg = Message(
+            id=self._ids.new(),
+            to_number=request.to_number,
+            body=request.message,
+            status=Status.QUEUED,
+            segments=request.segments,
+            encoding=request.encoding,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + self._delivery.max_age,
+            next_attempt_at=now,
+        )
+        await self.store.insert(msg, "accepted")
+        logger.info("event=accepted id=%s segments=%d", msg.id, msg.segments)
+        self._on_new_work()
+        return msg
+
+    def is_suppressed(self, number: str) -> bool:
+        return number in self._suppressed
+
+    # -- delivery reports -----------------------------------------------------------------
+
+    def token(self, msg_id: str) -> str:
+        """The callback token for a message: an HMAC of its id under the daemon's secret."""
+        return hmac.new(self._secret, msg_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def callback_url(self, msg_id: str) -> str:
+        return f"{self._public_url}/messages/{msg_id}/delivery_status?token={self.token(msg_id)}"
+
+    def check_token(self, msg_id: str, token: str | None) -> None:
+        # compare_digest keeps the comparison constant-time, so timing leaks nothing.
+        if not token or not hmac.compare_digest(self.token(msg_id), token):
+            raise BadToken()
+
+    async def report(
+        self, msg_id: str, report: DeliveryReport, token: str | None, provider: str | None = None
+    ) -> ReportResult:
+        """Apply a provider's delivery report to the message `msg_id`."""
+        if report.status not in REPORT_STATUSES:
+            raise ValueError(f"{report.status} is not a delivery report status")
+        self.check_token(msg_id, token)
+        result = await self.store.apply_report(msg_id, report, provider, self._clock())
+        if not result.found:
+            raise UnknownMessage()
+        if result.applied:
+            logger.info("event=report id=%s status=%s", msg_id, report.status)
+        else:
+            logger.info("event=report_ignored id=%s status=%s", msg_id, report.status)
+        if result.applied and report.status is Status.INVALID:
+            if result.number is not None:
+                self._suppressed.add(result.number)
+            logger.info(
+                "event=number_suppressed id=%s also_invalidated=%d",
+                msg_id,
+                len(result.requeued_invalid),
+            )
+        return result
+
+    async def report_by_provider_id(
+        self, report: DeliveryReport, token: str | None
+    ) -> ReportResult:
+        """Seed-compatible reports, matched on the provider's own message id."""
+        msg_id = await self.store.id_for_provider_message(report.provider_message_id)
+        if msg_id is None:
+            raise UnknownMessage()
+        return await self.report(msg_id, report, token)

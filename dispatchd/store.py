@@ -1,0 +1,703 @@
+"""SQLite persistence: the only module that speaks SQL.
+
+Writes go through one connection on one thread and are group-committed: every
+write requested while the previous transaction was being committed is applied
+in the next single transaction, so many concurrent requests share one fsync.
+Reads use a separate aiosqlite connection; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import aiosqlite
+
+from dispatchd.errors import StoreError, StoreLocked, StoreUnavailable
+from dispatchd.models import (
+    FINAL_STATUSES,
+    Attempt,
+    DeliveryReport,
+    ErrorCode,
+    HistoryEntry,
+    Message,
+    Outcome,
+    Status,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteOp = Callable[[sqlite3.Connection], T]
+
+APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    to_number TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    segments INTEGER NOT NULL,
+    encoding TEXT NOT NULL,
+    provider TEXT,
+    provider_message_id TEXT,
+    error_code TEXT,
+    error_detail TEXT,
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    next_attempt_at REAL,
+    lease_until REAL
+) WITHOUT ROWID;
+-- Partial indexes keep the outbox claim O(log n) however many final messages pile up.
+CREATE INDEX IF NOT EXISTS messages_due ON messages(next_attempt_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS messages_leased ON messages(lease_until) WHERE status = 'sending';
+CREATE INDEX IF NOT EXISTS messages_to_number ON messages(to_number, id);
+CREATE INDEX IF NOT EXISTS messages_status ON messages(status, id);
+CREATE INDEX IF NOT EXISTS messages_provider_message_id ON messages(provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    latency_ms REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
+CREATE TABLE IF NOT EXISTS history (
+    message_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS history_message ON history(message_id);
+CREATE TABLE IF NOT EXISTS suppressions (
+    number TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    reason TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+MESSAGE_COLUMNS = (
+    "id, to_number, body, status, segments, encoding, provider, provider_message_id, "
+    "error_code, error_detail, attempt_count, created_at, updated_at, expires_at, next_attempt_at"
+)
+INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+INSERT_HISTORY = "INSERT INTO history (message_id, status, at, detail) VALUES (?, ?, ?, ?)"
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (message_id, provider, started_at, outcome, http_status, latency_ms, "
+    "error) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+CLAIM_DUE = """
+UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
+    attempt_count = attempt_count + 1, next_attempt_at = NULL
+WHERE id IN (
+    SELECT id FROM messages WHERE status = 'queued' AND next_attempt_at <= :now
+    ORDER BY next_attempt_at LIMIT :limit)
+RETURNING id, to_number, body, attempt_count, expires_at
+"""
+CLAIM_LEASE_EXPIRED = """
+UPDATE messages SET lease_until = :lease_until, updated_at = :now,
+    attempt_count = attempt_count + 1
+WHERE id IN (
+    SELECT id FROM messages WHERE status = 'sending' AND lease_until <= :now
+    ORDER BY lease_until LIMIT :limit)
+RETURNING id, to_number, body, attempt_count, expires_at
+"""
+NEXT_DUE = "SELECT min(next_attempt_at) FROM messages WHERE status = 'queued'"
+NEXT_LEASE_END = "SELECT min(lease_until) FROM messages WHERE status = 'sending'"
+RELEASE_ALL_LEASES = """
+UPDATE messages SET status = 'queued', next_attempt_at = :now, lease_until = NULL,
+    updated_at = :now
+WHERE status = 'sending'
+RETURNING id
+"""
+MARK_SENT = """
+UPDATE messages SET status = 'sent', provider = ?, provider_message_id = ?, lease_until = NULL,
+    error_code = NULL, error_detail = NULL, updated_at = ?
+WHERE id = ? AND status = 'sending'
+"""
+# A report that raced ahead already finalised the message: keep its status, record who sent it.
+MARK_SENT_LATE = """
+UPDATE messages SET provider = ?, provider_message_id = coalesce(provider_message_id, ?),
+    lease_until = NULL
+WHERE id = ?
+"""
+REQUEUE = """
+UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
+    error_code = ?, error_detail = ?, updated_at = ?
+WHERE id = ? AND status = 'sending'
+"""
+FINISH_UNSENT = """
+UPDATE messages SET status = ?, error_code = ?, error_detail = ?, lease_until = NULL,
+    next_attempt_at = NULL, updated_at = ?
+WHERE id = ? AND status IN ('queued', 'sending')
+"""
+SELECT_STATUS = "SELECT status, to_number FROM messages WHERE id = ?"
+APPLY_REPORT = """
+UPDATE messages SET status = ?, provider_message_id = coalesce(provider_message_id, ?),
+    error_code = ?, error_detail = ?, lease_until = NULL, next_attempt_at = NULL, updated_at = ?
+WHERE id = ?
+"""
+INSERT_SUPPRESSION = "INSERT OR IGNORE INTO suppressions (number, at, reason) VALUES (?, ?, ?)"
+QUEUED_TO_NUMBER = "SELECT id FROM messages WHERE to_number = ? AND status = 'queued'"
+SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+SELECT_ATTEMPTS = (
+    "SELECT provider, started_at, outcome, http_status, latency_ms, error FROM attempts "
+    "WHERE message_id = ? ORDER BY started_at, rowid"
+)
+SELECT_HISTORY = "SELECT status, at, detail FROM history WHERE message_id = ? ORDER BY rowid"
+SELECT_BY_PROVIDER_ID = "SELECT id FROM messages WHERE provider_message_id = ? LIMIT 1"
+SELECT_SUPPRESSIONS = "SELECT number FROM suppressions"
+# Newest first by id (UUIDv7 sorts by creation time); the cursor is the last id returned.
+LIST_MESSAGES = {
+    (False, False): f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id < ? ORDER BY id DESC LIMIT ?",
+    (True, False): f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE to_number = ? AND id < ? "
+    "ORDER BY id DESC LIMIT ?",
+    (False, True): f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = ? AND id < ? "
+    "ORDER BY id DESC LIMIT ?",
+    (True, True): f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE to_number = ? AND status = ? "
+    "AND id < ? ORDER BY id DESC LIMIT ?",
+}
+COUNT_BY_STATUS = "SELECT status, count(*) FROM messages GROUP BY status"
+GET_META = "SELECT value FROM meta WHERE key = ?"
+PUT_META = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)"
+
+# Retrying briefly absorbs another process (e.g. sqlite3 CLI) holding the write lock.
+BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message reserved for one delivery attempt."""
+
+    id: str
+    to_number: str
+    body: str
+    attempt: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """What applying a delivery report did."""
+
+    found: bool
+    applied: bool
+    previous: Status | None = None
+    number: str | None = None
+    requeued_invalid: tuple[str, ...] = ()
+
+
+def _message_from_row(row: Sequence[Any]) -> Message:
+    return Message(
+        id=row[0],
+        to_number=row[1],
+        body=row[2],
+        status=Status(row[3]),
+        segments=row[4],
+        encoding=row[5],
+        provider=row[6],
+        provider_message_id=row[7],
+        error_code=row[8],
+        error_detail=row[9],
+        attempt_count=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        expires_at=row[13],
+        next_attempt_at=row[14],
+    )
+
+
+def _message_params(msg: Message) -> tuple[Any, ...]:
+    return (
+        msg.id,
+        msg.to_number,
+        msg.body,
+        msg.status.value,
+        msg.segments,
+        msg.encoding,
+        msg.provider,
+        msg.provider_message_id,
+        msg.error_code,
+        msg.error_detail,
+        msg.attempt_count,
+        msg.created_at,
+        msg.updated_at,
+        msg.expires_at,
+        msg.next_attempt_at,
+    )
+
+
+def _is_unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError)
+    return (code & 0xFF) in transient
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """Check the file is ours (or empty), then bring the schema up to date."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id != APPLICATION_ID and tables:
+        raise StoreError("the file is an SQLite database, but not one of dispatchd's")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this dispatchd "
+            f"understands ({SCHEMA_VERSION}); upgrade dispatchd"
+        )
+    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+        raise StoreError("the database cannot use write-ahead logging")
+    # FULL syncs the WAL on every commit: a 202 survives power loss, not just a crash.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # executescript would COMMIT our IMMEDIATE transaction, so run statement by statement.
+        for statement in _statements(SCHEMA):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """Take an exclusive lock beside the database, so one process alone owns its leases."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(f"{path}.lock", "wb")  # noqa: SIM115 - held for the store's lifetime
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock_file.close()
+        raise StoreLocked(f"another dispatchd process is using {path}") from exc
+    return lock_file
+
+
+def _statements(script: str) -> list[str]:
+    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+class Store:
+    """Durable messages, attempts, history and suppressions."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: aiosqlite.Connection,
+        executor: ThreadPoolExecutor,
+        lock_file: IO[bytes],
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._executor = executor
+        self._lock_file = lock_file
+        self._pending: list[tuple[WriteOp[Any], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.healthy = True
+        self.last_error: str | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating if needed) the database at `path`; raise StoreError if unusable."""
+        lock_file = _lock(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchd-writer")
+        loop = asyncio.get_running_loop()
+        try:
+            writer = await loop.run_in_executor(executor, _connect, path)
+            await loop.run_in_executor(executor, _prepare, writer)
+            reader = await aiosqlite.connect(path)
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.DatabaseError as exc:
+            executor.shutdown(wait=False)
+            lock_file.close()
+            raise StoreError(f"cannot use {path}: {exc}") from exc
+        except StoreError as exc:
+            executor.shutdown(wait=False)
+            lock_file.close()
+            raise StoreError(f"cannot use {path}: {exc.message}") from exc
+        store = cls(path, writer, reader, executor, lock_file)
+        store._flusher = asyncio.create_task(store._flush_loop(), name="store-group-commit")
+        return store
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    async def close(self) -> None:
+        """Commit what is pending, then close both connections and release the lock."""
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        await self._reader.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
+        self._lock_file.close()
+
+    # -- group commit ---------------------------------------------------------------------
+
+    async def _write(self, op: WriteOp[T]) -> T:
+        if self._closing:
+            raise StoreUnavailable("the store is shutting down")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        self._wake.set()
+        return await fut
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                ops = [op for op, _ in batch]
+                results = await loop.run_in_executor(self._executor, self._commit, ops)
+                for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+            if self._closing and not self._pending:
+                return
+
+    def _commit(self, ops: list[WriteOp[Any]]) -> list[tuple[bool, Any]]:
+        """Run ops in one transaction; if one fails, isolate it by running each alone."""
+        try:
+            return [(True, v) for v in self._transaction(ops)]
+        except StoreUnavailable as exc:
+            return [(False, exc)] * len(ops)
+        except Exception:
+            if len(ops) == 1:
+                raise
+        out: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                out.append((True, self._transaction([op])[0]))
+            except Exception as exc:
+                out.append((False, exc))
+        return out
+
+    def _transaction(self, ops: list[WriteOp[Any]]) -> list[Any]:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                values = [op(conn) for op in ops]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _is_unavailable(exc):
+                self._mark_unhealthy(str(exc))
+                raise StoreUnavailable(f"the database cannot take writes: {exc}") from exc
+            raise
+        if not self.healthy:
+            logger.info("event=store_recovered")
+        self.healthy = True
+        self.last_error = None
+        return values
+
+    def _mark_unhealthy(self, error: str) -> None:
+        if self.healthy:
+            logger.error("event=store_unavailable error=%r", error)
+        self.healthy = False
+        self.last_error = error
+
+    async def probe(self) -> bool:
+        """Try an empty write transaction; True when the database takes writes again."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._write(lambda conn: conn.execute("PRAGMA user_version = 1"))
+        return self.healthy
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def insert(self, msg: Message, detail: str | None = None) -> None:
+        """Persist a new message and its first history entry, durably."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_MESSAGE, _message_params(msg))
+            conn.execute(INSERT_HISTORY, (msg.id, msg.status.value, msg.created_at, detail))
+
+        await self._write(op)
+
+    async def claim(self, now: float, limit: int, lease: float) -> list[Claimed]:
+        """Reserve up to `limit` due messages (expired leases first) until `now + lease`."""
+
+        def op(conn: sqlite3.Connection) -> list[Claimed]:
+            params = {"now": now, "lease_until": now + lease, "limit": limit}
+            rows = conn.execute(CLAIM_LEASE_EXPIRED, params).fetchall()
+            if len(rows) < limit:
+                params["limit"] = limit - len(rows)
+                rows += conn.execute(CLAIM_DUE, params).fetchall()
+            conn.executemany(
+                INSERT_HISTORY, [(r[0], Status.SENDING.value, now, f"attempt {r[3]}") for r in rows]
+            )
+            return [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+        return await self._write(op)
+
+    async def release_all_leases(self, now: float) -> int:
+        """Requeue messages a previous process claimed but never finished."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(RELEASE_ALL_LEASES, {"now": now}).fetchall()]
+            conn.executemany(
+                INSERT_HISTORY,
+                [(i, Status.QUEUED.value, now, "requeued after restart") for i in ids],
+            )
+            return len(ids)
+
+        return await self._write(op)
+
+    async def mark_sent(
+        self,
+        msg_id: str,
+        provider: str,
+        provider_message_id: str | None,
+        attempts: Iterable[Attempt],
+        now: float,
+    ) -> bool:
+        """Record acceptance by `provider`; False if a report had already finalised it."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            _insert_attempts(conn, msg_id, attempts)
+            cur = conn.execute(MARK_SENT, (provider, provider_message_id, now, msg_id))
+            if cur.rowcount:
+                conn.execute(INSERT_HISTORY, (msg_id, Status.SENT.value, now, f"via {provider}"))
+                return True
+            conn.execute(MARK_SENT_LATE, (provider, provider_message_id, msg_id))
+            return False
+
+        return await self._write(op)
+
+    async def requeue(
+        self,
+        msg_id: str,
+        at: float,
+        code: ErrorCode,
+        detail: str,
+        attempts: Iterable[Attempt],
+        now: float,
+    ) -> bool:
+        """Put a message back in the queue for another attempt at `at`."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            _insert_attempts(conn, msg_id, attempts)
+            cur = conn.execute(REQUEUE, (at, code.value, detail, now, msg_id))
+            if cur.rowcount:
+                conn.execute(INSERT_HISTORY, (msg_id, Status.QUEUED.value, now, detail))
+            return bool(cur.rowcount)
+
+        return await self._write(op)
+
+    async def finish_unsent(
+        self,
+        msg_id: str,
+        status: Status,
+        code: ErrorCode,
+        detail: str,
+        attempts: Iterable[Attempt],
+        now: float,
+    ) -> bool:
+        """End a message that was never accepted (failed, expired, invalid)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            _insert_attempts(conn, msg_id, attempts)
+            cur = conn.execute(FINISH_UNSENT, (status.value, code.value, detail, now, msg_id))
+            if cur.rowcount:
+                conn.execute(INSERT_HISTORY, (msg_id, status.value, now, detail))
+            return bool(cur.rowcount)
+
+        return await self._write(op)
+
+    async def apply_report(
+        self, msg_id: str, report: DeliveryReport, provider: str | None, now: float
+    ) -> ReportResult:
+        """Apply a delivery report unless the message is already final; suppress on invalid."""
+
+        def op(conn: sqlite3.Connection) -> ReportResult:
+            row = conn.execute(SELECT_STATUS, (msg_id,)).fetchone()
+            if row is None:
+                return ReportResult(found=False, applied=False)
+            current, number = Status(row[0]), row[1]
+            source = f" from {provider}" if provider else ""
+            if current in FINAL_STATUSES:
+                detail = f"report '{report.status}'{source} ignored: the message is already final"
+                conn.execute(INSERT_HISTORY, (msg_id, current.value, now, detail))
+                return ReportResult(found=True, applied=False, previous=current, number=number)
+            code, err = _report_error(report.status)
+            conn.execute(
+                APPLY_REPORT,
+                (report.status.value, report.provider_message_id, code, err, now, msg_id),
+            )
+            conn.execute(
+                INSERT_HISTORY, (msg_id, report.status.value, now, f"delivery report{source}")
+            )
+            suppressed: tuple[str, ...] = ()
+            if report.status is Status.INVALID:
+                suppressed = _suppress(conn, number, now, f"reported invalid for {msg_id}")
+            return ReportResult(True, True, current, number, suppressed)
+
+        return await self._write(op)
+
+    async def ensure_secret(self, candidate: str) -> str:
+        """Store `candidate` as the callback secret unless one exists; return the stored one."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(PUT_META, ("callback_secret", candidate))
+            return str(conn.execute(GET_META, ("callback_secret",)).fetchone()[0])
+
+        return await self._write(op)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, msg_id: str) -> Message | None:
+        """The message with its attempts and history, or None."""
+        try:
+            async with self._reader.execute(SELECT_MESSAGE, (msg_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            attempts = await self._reader.execute_fetchall(SELECT_ATTEMPTS, (msg_id,))
+            history = await self._reader.execute_fetchall(SELECT_HISTORY, (msg_id,))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+        msg = _message_from_row(row)
+        return _with_details(msg, attempts, history)
+
+    async def search(
+        self, *, to_number: str | None, status: Status | None, limit: int, cursor: str | None
+    ) -> list[Message]:
+        """Newest first, after `cursor` (an id) when given."""
+        params: list[Any] = []
+        if to_number is not None:
+            params.append(to_number)
+        if status is not None:
+            params.append(status.value)
+        # Every id sorts below "~", so no cursor means "from the newest".
+        params += [cursor or "~", limit]
+        sql = LIST_MESSAGES[(to_number is not None, status is not None)]
+        try:
+            rows = await self._reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+        return [_message_from_row(r) for r in rows]
+
+    async def id_for_provider_message(self, provider_message_id: str) -> str | None:
+        async with self._reader.execute(SELECT_BY_PROVIDER_ID, (provider_message_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def suppressed_numbers(self) -> set[str]:
+        rows = await self._reader.execute_fetchall(SELECT_SUPPRESSIONS)
+        return {r[0] for r in rows}
+
+    async def next_wakeup(self) -> float | None:
+        """Earliest time a queued message falls due or a lease runs out."""
+        times = []
+        for sql in (NEXT_DUE, NEXT_LEASE_END):
+            async with self._reader.execute(sql) as cur:
+                row = await cur.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        return min(times) if times else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._reader.execute_fetchall(COUNT_BY_STATUS)
+        return {r[0]: r[1] for r in rows}
+
+    async def explain(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[str]:
+        """The query plan of `sql` (for tests proving the hot queries use indexes)."""
+        rows = await self._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+        return [str(r[3]) for r in rows]
+
+
+def _insert_attempts(conn: sqlite3.Connection, msg_id: str, attempts: Iterable[Attempt]) -> None:
+    rows = [
+        (msg_id, a.provider, a.started_at, a.outcome, a.http_status, a.latency_ms, a.error)
+        for a in attempts
+    ]
+    conn.executemany(INSERT_ATTEMPT, rows)
+
+
+def _report_error(status: Status) -> tuple[str | None, str | None]:
+    if status is Status.FAILED:
+        return ErrorCode.REPORTED_FAILED, "The provider reported the message as not delivered."
+    if status is Status.INVALID:
+        return ErrorCode.REPORTED_INVALID.value, "The provider reported the number as invalid."
+    return None, None
+
+
+def _suppress(conn: sqlite3.Connection, number: str, now: float, reason: str) -> tuple[str, ...]:
+    """Suppress `number` and end its queued messages as invalid; return their ids."""
+    conn.execute(INSERT_SUPPRESSION, (number, now, reason))
+    ids = tuple(r[0] for r in conn.execute(QUEUED_TO_NUMBER, (number,)).fetchall())
+    detail = "The number was reported invalid; the message was not sent."
+    for msg_id in ids:
+        conn.execute(
+            FINISH_UNSENT,
+            (Status.INVALID.value, ErrorCode.NUMBER_SUPPRESSED.value, detail, now, msg_id),
+        )
+        conn.execute(INSERT_HISTORY, (msg_id, Status.INVALID.value, now, detail))
+    return ids
+
+
+def _with_details(
+    msg: Message, attempts: Iterable[Sequence[Any]], history: Iterable[Sequence[Any]]
+) -> Message:
+    return replace(
+        msg,
+        attempts=tuple(Attempt(r[0], r[1], Outcome(r[2]), r[3], r[4], r[5]) for r in attempts),
+        history=tuple(HistoryEntry(Status(r[0]), r[1], r[2]) for r in history),
+    )
+
+
+def database_files(path: Path) -> list[Path]:
+    """The database and its WAL/shm/lock companions (for tests and cleanup)."""
+    return [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", ".lock")]

@@ -1,0 +1,261 @@
+"""The delivery worker: claims due messages from the outbox and hands them to providers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dispatchd import retry, routing
+from dispatchd.config import ProviderConfig
+from dispatchd.errors import ProviderUnavailable, StoreError
+from dispatchd.models import Attempt, ErrorCode, Outcome, Status
+from dispatchd.providers import Accepted, ProviderClient
+from dispatchd.store import Claimed, Store
+
+logger = logging.getLogger(__name__)
+
+# Claims are batched to amortise the transaction; bigger batches only add latency.
+MAX_CLAIM = 256
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    concurrency: int
+    lease: float
+    policy: retry.RetryPolicy
+
+
+class Worker:
+    """Drains the outbox: at most `concurrency` messages in flight, woken on new work."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ProviderClient,
+        providers: Sequence[ProviderConfig],
+        settings: WorkerSettings,
+        *,
+        callback_url: Callable[[str], str],
+        is_suppressed: Callable[[str], bool],
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._providers = {p.name: p for p in providers}
+        self._candidates = [routing.Candidate(p.name, p.weight) for p in providers]
+        self._settings = settings
+        self._callback_url = callback_url
+        self._is_suppressed = is_suppressed
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.running = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def wake(self) -> None:
+        """New work is due now: claim without waiting for the timer."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and deliver until stopped."""
+        self.running = True
+        try:
+            while not self._stopping.is_set():
+                # Cleared before claiming so a wake during the claim is not lost.
+                self._wake.clear()
+                free = self._settings.concurrency - len(self._tasks)
+                claimed = await self._claim(free) if free > 0 else []
+                for item in claimed:
+                    self._start(item)
+                if free > 0 and len(claimed) == min(free, MAX_CLAIM):
+                    continue  # there may be more due right now
+                await self._sleep_until_due(busy=free <= 0)
+        finally:
+            self.running = False
+
+    async def _claim(self, free: int) -> list[Claimed]:
+        try:
+            return await self._store.claim(
+                self._clock(), min(free, MAX_CLAIM), self._settings.lease
+            )
+        except StoreError as exc:
+            logger.warning("event=claim_failed error=%r", exc.message)
+            return []
+
+    async def _sleep_until_due(self, *, busy: bool) -> None:
+        timeout: float | None = 1.0  # re-check at least this often, e.g. after store errors
+        if not busy:
+            try:
+                due = await self._store.next_wakeup()
+            except StoreError:
+                due = None
+            if due is not None:
+                timeout = max(0.0, min(timeout or 1.0, due - self._clock()))
+        if timeout == 0:
+            return
+        waiters = [
+            asyncio.create_task(self._wake.wait(), name="worker-wake"),
+            asyncio.create_task(self._stopping.wait(), name="worker-stop"),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _start(self, item: Claimed) -> None:
+        task = asyncio.create_task(self.deliver(item), name=f"deliver-{item.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("event=delivery_crashed error=%r", task.exception())
+
+    async def drain(self) -> None:
+        """Deliver everything due now and wait for it (for tests and the CLI)."""
+        while True:
+            claimed = await self._claim(self._settings.concurrency)
+            for item in claimed:
+                self._start(item)
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif not claimed:
+                return
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let in-flight deliveries finish for up to `grace` seconds."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Their leases stay; the next start requeues them.
+            await asyncio.gather(*pending, return_exceptions=True)
+            logger.warning("event=deliveries_abandoned count=%d", len(pending))
+
+    async def deliver(self, item: Claimed) -> None:
+        """One attempt: try providers in routing order until one accepts."""
+        now = self._clock()
+        if now >= item.expires_at:
+            await self._store.finish_unsent(
+                item.id,
+                Status.EXPIRED,
+                ErrorCode.EXPIRED,
+                "No provider accepted the message before it expired.",
+                (),
+                now,
+            )
+            logger.info("event=expired id=%s", item.id)
+            return
+        if self._is_suppressed(item.to_number):
+            await self._store.finish_unsent(
+                item.id,
+                Status.INVALID,
+                ErrorCode.NUMBER_SUPPRESSED,
+                "The number was reported invalid; the message was not sent.",
+                (),
+                now,
+            )
+            return
+        attempts: list[Attempt] = []
+        errors: list[str] = []
+        unavailable = False
+        callback_url = self._callback_url(item.id)
+        for name in routing.plan(self._candidates, self._rng):
+            provider = self._providers[name]
+            call = await self._client.send(
+                provider,
+                to_number=item.to_number,
+                message=item.body,
+                callback_url=callback_url,
+            )
+            result = call.result
+            if isinstance(result, Accepted):
+                attempts.append(
+                    Attempt(
+                        name, call.started_at, Outcome.ACCEPTED, result.http_status, call.latency_ms
+                    )
+                )
+                await self._store.mark_sent(
+                    item.id, name, result.provider_message_id, attempts, self._clock()
+                )
+                logger.info(
+                    "event=sent id=%s provider=%s latency_ms=%.1f attempt=%d",
+                    item.id,
+                    name,
+                    call.latency_ms,
+                    item.attempt,
+                )
+                return
+            failed_over = isinstance(result, ProviderUnavailable)
+            unavailable = unavailable or failed_over
+            outcome = Outcome.UNAVAILABLE if failed_over else Outcome.REJECTED
+            attempts.append(
+                Attempt(
+                    name,
+                    call.started_at,
+                    outcome,
+                    result.http_status,
+                    call.latency_ms,
+                    result.message,
+                )
+            )
+            errors.append(f"{name}: {result.message}")
+            logger.info(
+                "event=provider_error id=%s provider=%s outcome=%s error=%r",
+                item.id,
+                name,
+                outcome,
+                result.message,
+            )
+        await self._give_up_or_retry(item, attempts, errors, all_rejected=not unavailable)
+
+    async def _give_up_or_retry(
+        self, item: Claimed, attempts: list[Attempt], errors: list[str], *, all_rejected: bool
+    ) -> None:
+        now = self._clock()
+        decision = retry.decide(
+            attempt=item.attempt,
+            all_rejected=all_rejected,
+            now=now,
+            expires_at=item.expires_at,
+            policy=self._settings.policy,
+            rng=self._rng,
+        )
+        summary = "; ".join(errors)
+        if isinstance(decision, retry.RetryAt):
+            detail = f"attempt {item.attempt} found no provider ({summary}); retrying"
+            await self._store.requeue(
+                item.id, decision.at, ErrorCode.PROVIDERS_UNAVAILABLE, detail, attempts, now
+            )
+            logger.info(
+                "event=retry_scheduled id=%s attempt=%d in_s=%.2f",
+                item.id,
+                item.attempt,
+                decision.at - now,
+            )
+            return
+        status = Status.EXPIRED if decision.code is ErrorCode.EXPIRED else Status.FAILED
+        await self._store.finish_unsent(
+            item.id, status, decision.code, f"{decision.detail} ({summary})", attempts, now
+        )
+        logger.info("event=%s id=%s code=%s", status, item.id, decision.code)

@@ -1,0 +1,91 @@
+"""Shared fixtures: real SQLite files in tmp_path, real local HTTP servers, polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatchd.config import Config
+from dispatchd.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(tmp_path: Path, port: int, **sections: Any) -> Config:
+    """A test config: simulator on the daemon's own port, instant answers, no backoff."""
+    base = f"http://127.0.0.1:{port}"
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "public_url": base},
+        "storage": {"path": str(tmp_path / "dispatchd.db")},
+        "delivery": {"backoff_initial": 0.0, "backoff_max": 0.0, "concurrency": 16},
+        "providers": [
+            {"name": "provider1", "url": f"{base}/simulator/provider1", "weight": 30},
+            {"name": "provider2", "url": f"{base}/simulator/provider2", "weight": 70},
+        ],
+        "simulator": {
+            "enabled": True,
+            "failure_rate": 0.0,
+            "latency": 0.0,
+            "callback_delay": 0.0,
+            "delivered": 1.0,
+            "failed": 0.0,
+            "invalid": 0.0,
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Config(**data)
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    within: float = 10.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Poll `predicate` until true; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+DaemonFactory = Callable[..., Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    """Start in-process daemons (`await start_daemon(delivery={...})`); stopped at teardown."""
+    started: list[Daemon] = []
+
+    async def start(config: Config | None = None, **sections: Any) -> Daemon:
+        cfg = config or make_config(tmp_path, free_port(), **sections)
+        daemon = Daemon(cfg, rng=random.Random(1))
+        await daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        if daemon.store is not None and not daemon.store.closed:
+            await daemon.stop(grace=1.0)
