@@ -16,9 +16,9 @@ EXIT_CONFIG = 78
 EXIT_UNAVAILABLE = 69
 
 
-def _setup_logging() -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=logging.INFO,
+        level=level.upper(),
         stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
@@ -27,14 +27,38 @@ def _setup_logging() -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatchd", description="SMS dispatch proxy.")
     sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (default $DISPATCHD_CONFIG or ./dispatchd.toml)"
     serve = sub.add_parser("serve", help="run the daemon")
-    serve.add_argument(
-        "--config", help="config file (default $DISPATCHD_CONFIG or ./dispatchd.toml)"
-    )
+    serve.add_argument("--config", help=config_help)
+
     sim = sub.add_parser("simulator", help="run the simulated providers as their own process")
-    sim.add_argument("--config", help="config file whose [simulator] section to use")
+    sim.add_argument("--config", help=config_help + "; its [simulator] section is used")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9090)
+    sim.add_argument(
+        "--instant",
+        action="store_true",
+        help="answer at once, never fail, report delivered at once (for benchmarks)",
+    )
+
+    bench = sub.add_parser("bench", help="measure throughput and latency")
+    bench.add_argument("--url", help="bench a running daemon (accept phase only)")
+    bench.add_argument("--concurrency", type=int, default=64, help="clients in flight")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    bench.add_argument("--requests", type=int, help="requests per load phase (overrides time)")
+    bench.add_argument(
+        "--e2e-duration", type=float, default=30.0, help="seconds of end-to-end load"
+    )
+    bench.add_argument(
+        "--backlog", type=int, default=0, help="messages stored before the backlog phase"
+    )
+    bench.add_argument(
+        "--delivery-concurrency", type=int, default=128, help="the daemon's [delivery] concurrency"
+    )
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ceiling = sub.add_parser("bench-ceiling", help=argparse.SUPPRESS)
+    ceiling.add_argument("--port", type=int, required=True)
     return parser
 
 
@@ -43,36 +67,81 @@ def _load(path_arg: str | None) -> config_mod.Config:
     return config_mod.load(path, must_exist=path_arg is not None)
 
 
+def _serve(cfg: config_mod.Config) -> int:
+    from dispatchd.daemon import serve
+
+    try:
+        return asyncio.run(serve(cfg))
+    except StoreError as exc:
+        print(f"dispatchd: {exc.message}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(
+            f"dispatchd: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+
+
+def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from dispatchd.simulator import SimulatorState, make_simulator_app
+
+    settings = cfg.simulator
+    if args.instant:
+        settings = settings.model_copy(
+            update={
+                "latency": 0.0,
+                "callback_delay": 0.0,
+                "failure_rate": 0.0,
+                "delivered": 1.0,
+                "failed": 0.0,
+                "invalid": 0.0,
+                "invalid_suffix": "",
+            }
+        )
+    app = make_simulator_app(SimulatorState(settings))
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dispatchd import bench
+
+    opts = bench.BenchOptions(
+        url=args.url,
+        concurrency=args.concurrency,
+        duration=None if args.requests else args.duration,
+        requests=args.requests,
+        e2e_duration=args.e2e_duration,
+        backlog=args.backlog,
+        delivery_concurrency=args.delivery_concurrency,
+    )
+    return bench.main(opts, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging()
+    if args.command == "bench":
+        _setup_logging("warning")
+        return _bench(args)
+    if args.command == "bench-ceiling":
+        from dispatchd import bench
+
+        bench.run_ceiling(args.port)
+        return 0
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
+        _setup_logging("info")
         print(f"dispatchd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    _setup_logging(cfg.log.level)
     if args.command == "serve":
-        from dispatchd.daemon import serve
-
-        try:
-            return asyncio.run(serve(cfg))
-        except StoreError as exc:
-            print(f"dispatchd: {exc.message}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        except OSError as exc:
-            print(
-                f"dispatchd: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            return EXIT_UNAVAILABLE
+        return _serve(cfg)
     if args.command == "simulator":
-        from aiohttp import web
-
-        from dispatchd.simulator import SimulatorState, make_simulator_app
-
-        app = make_simulator_app(SimulatorState(cfg.simulator))
-        web.run_app(app, host=args.host, port=args.port, access_log=None)
-        return 0
+        return _simulator(cfg, args)
     return 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,6 +110,11 @@ class SimulatorConfig(_Section):
         return self
 
 
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged; `info` logs one line per message event."""
+
+
 def _default_providers() -> list[ProviderConfig]:
     base = "http://127.0.0.1:8080/simulator"
     return [
@@ -133,15 +138,22 @@ class Config(BaseSettings):
     delivery: DeliveryConfig = DeliveryConfig()
     providers: list[ProviderConfig] = Field(default_factory=_default_providers, min_length=1)
     simulator: SimulatorConfig = SimulatorConfig()
+    log: LogConfig = LogConfig()
 
-    @model_validator(mode="after")
-    def _coherent(self) -> Config:
-        names = [p.name for p in self.providers]
+    @field_validator("providers")
+    @classmethod
+    def _usable_providers(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        # A field validator, not the model one, so the error names the `providers` key.
+        names = [p.name for p in providers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"provider names must be unique; repeated: {', '.join(duplicates)}")
-        if not any(p.weight > 0 for p in self.providers):
+        if not any(p.weight > 0 for p in providers):
             raise ValueError("at least one provider needs a weight above 0")
+        return providers
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Config:
         longest = sum(p.timeout for p in self.providers)
         if self.delivery.lease <= longest:
             raise ValueError(

@@ -117,10 +117,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await app[SESSION].close()
 
 
+async def _ready(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready"})
+
+
 def make_simulator_app(state: SimulatorState) -> web.Application:
     """Simulated providers at `POST /{name}`; any name works."""
     app = web.Application()
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/{name}", _send)
+    app.router.add_get("/readyz", _ready)
     return app

@@ -1,0 +1,480 @@
+"""`dispatchd bench`: measure accept rate, end-to-end delivery and the HTTP stack's ceiling.
+
+By default every server runs as its own process started the same way
+(`python -m dispatchd ...`): a throwaway daemon on a temp database, the
+simulated providers, and a bare aiohttp "ceiling" endpoint that parses the same
+JSON and answers a same-sized 202. The load generator is this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+from aiohttp import web
+
+from dispatchd import store as store_mod
+
+# The same body for every phase, so the ceiling parses exactly what the daemon parses.
+PAYLOAD = json.dumps({"to_number": "+17034573322", "message": "Benchmark message from dispatchd"})
+HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured."""
+
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        return percentile(self.latencies_ms, p)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "rate_per_s": round(self.rate, 1),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
+            "p99_ms": round(self.percentile(99), 2),
+        }
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def drive(
+    url: str,
+    *,
+    concurrency: int,
+    duration: float | None,
+    requests: int | None,
+    expect: int,
+    label: str,
+    out: TextIO,
+) -> LoadResult:
+    """Closed-loop load: `concurrency` clients POSTing PAYLOAD back to back."""
+    result = LoadResult()
+    budget = [requests if requests is not None else -1]
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    deadline = (time.perf_counter() + duration) if duration is not None else math.inf
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < deadline:
+            if budget[0] == 0:
+                return
+            budget[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=PAYLOAD, headers=HEADERS) as resp:
+                    await resp.read()
+                    good = resp.status == expect
+            except aiohttp.ClientError:
+                good = False
+            result.requests += 1
+            if good:
+                result.ok += 1
+                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            else:
+                result.errors += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        with _progress(label, result, start, out):
+            await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+@contextlib.contextmanager
+def _progress(label: str, result: LoadResult, start: float, out: TextIO) -> Iterator[None]:
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            elapsed = time.perf_counter() - start
+            out.write(f"\r  {label}: {result.ok:>9,} ok  {result.ok / elapsed:>9,.0f}/s  ")
+            out.flush()
+
+    task = asyncio.get_running_loop().create_task(ticker(), name="bench-progress")
+    try:
+        yield
+    finally:
+        task.cancel()
+        out.write("\r" + " " * 60 + "\r")
+        out.flush()
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child `python -m dispatchd ...` process with its log in the work directory."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatchd", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=workdir,
+        )
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) in MiB, or 0 where /proc is missing."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+async def wait_http(url: str, proc: Process, within: float = 30.0) -> None:
+    """Poll `url` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.proc.returncode}; see {proc.log_path}"
+                )
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} did not become ready; see {proc.log_path}")
+            await asyncio.sleep(0.05)
+
+
+def daemon_config(workdir: Path, port: int, sim_port: int, concurrency: int) -> Path:
+    sim = f"http://127.0.0.1:{sim_port}"
+    text = f"""
+[server]
+port = {port}
+public_url = "http://127.0.0.1:{port}"
+[storage]
+path = "{workdir / "bench.db"}"
+[delivery]
+concurrency = {concurrency}
+[[providers]]
+name = "provider1"
+url = "{sim}/provider1"
+weight = 30
+[[providers]]
+name = "provider2"
+url = "{sim}/provider2"
+weight = 70
+[simulator]
+enabled = false
+failure_rate = 0.0
+latency = 0.0
+callback_delay = 0.0
+invalid_suffix = ""
+[log]
+level = "warning"
+"""
+    path = workdir / "dispatchd.toml"
+    path.write_text(text)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def daemon_process(
+    workdir: Path, sim_port: int, concurrency: int
+) -> AsyncIterator[tuple[str, Process]]:
+    port = free_port()
+    config = daemon_config(workdir, port, sim_port, concurrency)
+    proc = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"{base}/readyz", proc)
+        yield base, proc
+    finally:
+        code = proc.stop()
+        if code not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"daemon exited with {code}; see {proc.log_path}")
+
+
+# -- the ceiling endpoint -----------------------------------------------------------------
+
+_CEILING_BODY = json.dumps(
+    {
+        "id": "01a222ab-f8ac-7206-bf20-90d60ad50f03",
+        "to_number": "+17034573322",
+        "message": "Benchmark message from dispatchd",
+        "status": "queued",
+        "segments": 1,
+        "encoding": "GSM-7",
+        "provider": None,
+        "provider_message_id": None,
+        "error": None,
+        "created_at": "2026-11-28T15:00:25.388Z",
+        "updated_at": "2026-11-28T15:00:25.388Z",
+        "next_attempt_at": "2026-11-28T15:00:25.388Z",
+    }
+)
+
+
+async def _ceiling_handler(request: web.Request) -> web.Response:
+    data = json.loads(await request.read())
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest()
+    return web.Response(
+        status=202,
+        text=_CEILING_BODY,
+        content_type="application/json",
+        headers={"Location": "/messages/01a222ab-f8ac-7206-bf20-90d60ad50f03"},
+    )
+
+
+def run_ceiling(port: int) -> None:
+    """A bare aiohttp endpoint: parse the JSON, answer a same-sized 202."""
+    app = web.Application()
+    app.router.add_post("/messages", _ceiling_handler)
+    app.router.add_get("/readyz", lambda _: _ok())
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def _ok() -> web.Response:
+    return web.Response(text="ok")
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchOptions:
+    url: str | None
+    concurrency: int
+    duration: float | None
+    requests: int | None
+    e2e_duration: float
+    backlog: int
+    delivery_concurrency: int
+
+
+async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> LoadResult:
+    port = free_port()
+    proc = Process("ceiling", ["bench-ceiling", "--port", str(port)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        return await drive(
+            f"http://127.0.0.1:{port}/messages",
+            concurrency=opts.concurrency,
+            duration=opts.duration,
+            requests=opts.requests,
+            expect=202,
+            label="ceiling",
+            out=out,
+        )
+    finally:
+        proc.stop()
+
+
+async def _accept(base: str, opts: BenchOptions, label: str, out: TextIO) -> LoadResult:
+    return await drive(
+        f"{base}/messages",
+        concurrency=opts.concurrency,
+        duration=opts.duration,
+        requests=opts.requests,
+        expect=202,
+        label=label,
+        out=out,
+    )
+
+
+async def _wait_all_final(db: Path, within: float) -> float:
+    """Poll the database until no message is unfinished; return when that happened."""
+    deadline = time.monotonic() + within
+    while True:
+        if store_mod.count_unfinished(db) == 0:
+            return time.time()
+        if time.monotonic() > deadline:
+            raise RuntimeError("messages were still undelivered when the bench gave up waiting")
+        await asyncio.sleep(0.1)
+
+
+async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run every phase and return the report."""
+    report: dict[str, Any] = {"concurrency": opts.concurrency, "cpus": os.cpu_count()}
+    if opts.url is not None:
+        report["accept"] = (await _accept(opts.url.rstrip("/"), opts, "accept", out)).summary()
+        return report
+    with tempfile.TemporaryDirectory(prefix="dispatchd-bench-") as tmp:
+        workdir = Path(tmp)
+        db = workdir / "bench.db"
+        ceiling = await _phase_ceiling(opts, workdir, out)
+        report["ceiling"] = ceiling.summary()
+        sim_port = free_port()
+        sim = Process("simulator", ["simulator", "--port", str(sim_port), "--instant"], workdir, {})
+        try:
+            await wait_http(f"http://127.0.0.1:{sim_port}/readyz", sim)
+            async with daemon_process(workdir, sim_port, opts.delivery_concurrency) as (base, d):
+                accept = await _accept(base, opts, "accept", out)
+                await _wait_all_final(db, within=300)
+                stored = store_mod.count_messages(db)
+                report["accept"] = {**accept.summary(), "stored": stored}
+                report["accept"]["ratio_to_ceiling"] = round(
+                    accept.rate / ceiling.rate if ceiling.rate else 0.0, 3
+                )
+                report["end_to_end"] = await _phase_e2e(base, db, opts, out)
+                report["daemon_peak_rss_mb"] = round(d.peak_rss_mb(), 1)
+            if opts.backlog:
+                report["backlog"] = await _phase_backlog(workdir, sim_port, opts, out)
+        finally:
+            sim.stop()
+    return report
+
+
+async def _phase_e2e(base: str, db: Path, opts: BenchOptions, out: TextIO) -> dict[str, Any]:
+    before = store_mod.count_messages(db)
+    started = time.time()
+    load = await drive(
+        f"{base}/messages",
+        concurrency=opts.concurrency,
+        duration=opts.e2e_duration,
+        requests=opts.requests,
+        expect=202,
+        label="end to end",
+        out=out,
+    )
+    finished = await _wait_all_final(db, within=600)
+    delivered, latencies = store_mod.delivery_latencies(db, since=started)
+    seconds = finished - started
+    return {
+        "sent_requests": load.ok,
+        "delivered": delivered,
+        "new_messages": store_mod.count_messages(db) - before,
+        "seconds": round(seconds, 3),
+        "delivered_per_s": round(delivered / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+    }
+
+
+async def _phase_backlog(
+    workdir: Path, sim_port: int, opts: BenchOptions, out: TextIO
+) -> dict[str, Any]:
+    db = workdir / "bench.db"
+    out.write(f"  seeding {opts.backlog:,} delivered messages...\n")
+    out.flush()
+    store_mod.seed_backlog(db, opts.backlog)
+    async with daemon_process(workdir, sim_port, opts.delivery_concurrency) as (base, d):
+        accept = await _accept(base, opts, "accept with backlog", out)
+        await _wait_all_final(db, within=300)
+        return {
+            **accept.summary(),
+            "stored_messages": store_mod.count_messages(db),
+            "daemon_peak_rss_mb": round(d.peak_rss_mb(), 1),
+        }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as a plain-text table."""
+    rows = [("phase", "rate/s", "p50 ms", "p95 ms", "p99 ms", "notes")]
+
+    def add(name: str, data: dict[str, Any] | None, rate_key: str, note: str) -> None:
+        if data:
+            rows.append(
+                (
+                    name,
+                    f"{data[rate_key]:,.0f}",
+                    f"{data['p50_ms']:.1f}",
+                    f"{data['p95_ms']:.1f}",
+                    f"{data['p99_ms']:.1f}",
+                    note,
+                )
+            )
+
+    ceiling, accept = report.get("ceiling"), report.get("accept")
+    add("ceiling (bare aiohttp)", ceiling, "rate_per_s", "same client, same JSON")
+    if accept:
+        note = f"{accept['ok']:,} accepted"
+        if "stored" in accept:
+            note += f", {accept['stored']:,} in db"
+        if "ratio_to_ceiling" in accept:
+            note += f", {accept['ratio_to_ceiling']:.2f}x ceiling"
+        add("accept (POST /messages)", accept, "rate_per_s", note)
+    e2e = report.get("end_to_end")
+    if e2e:
+        add(
+            "end to end (delivered)",
+            e2e,
+            "delivered_per_s",
+            f"{e2e['delivered']:,} delivered in {e2e['seconds']:.1f}s, accept->delivered",
+        )
+    backlog = report.get("backlog")
+    if backlog:
+        add(
+            "accept with backlog",
+            backlog,
+            "rate_per_s",
+            f"{backlog['stored_messages']:,} stored, RSS {backlog['daemon_peak_rss_mb']:.0f} MB",
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    extra = [f"concurrency {report['concurrency']}, {report['cpus']} CPUs"]
+    if "daemon_peak_rss_mb" in report:
+        extra.append(f"daemon peak RSS {report['daemon_peak_rss_mb']:.0f} MB")
+    return "\n".join([*lines, "", "; ".join(extra)])
+
+
+def main(opts: BenchOptions, as_json: bool, echo: Callable[[str], None] = print) -> int:
+    report = asyncio.run(run(opts))
+    echo(json.dumps(report, indent=2) if as_json else render(report))
+    return 0
