@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
+import math
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 
 class Status(enum.StrEnum):
@@ -90,4 +92,15 @@ def isoformat(ts: float | None) -> str | None:
     """Render an epoch timestamp as RFC 3339 UTC with milliseconds."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    secs = math.floor(ts)
+    # Round to microseconds first, as datetime does, so 0.7679996 shows as .768.
+    micros = round((ts - secs) * 1_000_000)
+    if micros >= 1_000_000:
+        secs, micros = secs + 1, 0
+    return f"{_utc_second(secs)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(secs: int) -> str:
+    # Every response renders several timestamps, mostly within the same few seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))

@@ -108,7 +108,8 @@ CLAIM_DUE = """
 UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
     attempt_count = attempt_count + 1, next_attempt_at = NULL
 WHERE id IN (
-    SELECT id FROM messages WHERE status = 'queued' AND next_attempt_at <= :now
+    SELECT id FROM messages INDEXED BY messages_due
+    WHERE status = 'queued' AND next_attempt_at <= :now
     ORDER BY next_attempt_at LIMIT :limit)
 RETURNING id, to_number, body, attempt_count, expires_at
 """
@@ -116,12 +117,19 @@ CLAIM_LEASE_EXPIRED = """
 UPDATE messages SET lease_until = :lease_until, updated_at = :now,
     attempt_count = attempt_count + 1
 WHERE id IN (
-    SELECT id FROM messages WHERE status = 'sending' AND lease_until <= :now
+    SELECT id FROM messages INDEXED BY messages_leased
+    WHERE status = 'sending' AND lease_until <= :now
     ORDER BY lease_until LIMIT :limit)
 RETURNING id, to_number, body, attempt_count, expires_at
 """
-NEXT_DUE = "SELECT min(next_attempt_at) FROM messages WHERE status = 'queued'"
-NEXT_LEASE_END = "SELECT min(lease_until) FROM messages WHERE status = 'sending'"
+# INDEXED BY pins the partial indexes: without statistics the planner may prefer
+# messages_status, which would sort every queued message to find the oldest.
+NEXT_DUE = (
+    "SELECT min(next_attempt_at) FROM messages INDEXED BY messages_due WHERE status = 'queued'"
+)
+NEXT_LEASE_END = (
+    "SELECT min(lease_until) FROM messages INDEXED BY messages_leased WHERE status = 'sending'"
+)
 RELEASE_ALL_LEASES = """
 UPDATE messages SET status = 'queued', next_attempt_at = :now, lease_until = NULL,
     updated_at = :now
@@ -428,7 +436,7 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                values = [op(conn) for op in ops]
+                values = _run_ops(conn, ops)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -461,12 +469,8 @@ class Store:
 
     async def insert(self, msg: Message, detail: str | None = None) -> None:
         """Persist a new message and its first history entry, durably."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_MESSAGE, _message_params(msg))
-            conn.execute(INSERT_HISTORY, (msg.id, msg.status.value, msg.created_at, detail))
-
-        await self._write(op)
+        history = (msg.id, msg.status.value, msg.created_at, detail)
+        await self._write(_Insert(_message_params(msg), history))
 
     async def claim(self, now: float, limit: int, lease: float) -> list[Claimed]:
         """Reserve up to `limit` due messages (expired leases first) until `now + lease`."""
@@ -658,6 +662,28 @@ class Store:
         """The query plan of `sql` (for tests proving the hot queries use indexes)."""
         rows = await self._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
         return [str(r[3]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    """A new message; batched with the other inserts of its commit into one executemany."""
+
+    message: tuple[Any, ...]
+    history: tuple[Any, ...]
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        conn.execute(INSERT_MESSAGE, self.message)
+        conn.execute(INSERT_HISTORY, self.history)
+
+
+def _run_ops(conn: sqlite3.Connection, ops: list[WriteOp[Any]]) -> list[Any]:
+    """Apply ops in one transaction; new messages go first, all at once."""
+    inserts = [op for op in ops if isinstance(op, _Insert)]
+    if len(inserts) < 2:
+        return [op(conn) for op in ops]
+    conn.executemany(INSERT_MESSAGE, [i.message for i in inserts])
+    conn.executemany(INSERT_HISTORY, [i.history for i in inserts])
+    return [None if isinstance(op, _Insert) else op(conn) for op in ops]
 
 
 def _insert_attempts(conn: sqlite3.Connection, msg_id: str, attempts: Iterable[Attempt]) -> None:

@@ -1,0 +1,145 @@
+"""The store against real SQLite files: group commit, leases, query plans, bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dispatchd import store as store_mod
+from dispatchd.errors import StoreError, StoreLocked
+from dispatchd.ids import IdGenerator
+from dispatchd.models import Message, Status
+from dispatchd.store import Store
+
+NOW = 1_800_000_000.0
+
+
+def _message(ids: IdGenerator, number: str = "+17034573322", at: float = NOW) -> Message:
+    return Message(
+        id=ids.new(),
+        to_number=number,
+        body="hello",
+        status=Status.QUEUED,
+        segments=1,
+        encoding="GSM-7",
+        created_at=at,
+        updated_at=at,
+        expires_at=at + 3600,
+        next_attempt_at=at,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Store:
+    s = await Store.open(tmp_path / "db" / "dispatchd.db")
+    yield s  # type: ignore[misc]
+    await s.close()
+
+
+async def test_concurrent_inserts_share_commits_and_all_persist(store: Store) -> None:
+    ids = IdGenerator()
+    commits = 0
+    original = store._transaction
+
+    def counting(ops):  # type: ignore[no-untyped-def]
+        nonlocal commits
+        commits += 1
+        return original(ops)
+
+    store._transaction = counting  # type: ignore[method-assign]
+    msgs = [_message(ids) for _ in range(200)]
+    await asyncio.gather(*(store.insert(m) for m in msgs))
+    assert commits < 200, "concurrent inserts should be group-committed"
+    assert store_mod.count_messages(store.path) == 200
+
+
+async def test_a_failing_write_does_not_fail_the_others_in_its_batch(store: Store) -> None:
+    ids = IdGenerator()
+    dup = _message(ids)
+    await store.insert(dup)
+    fresh = [_message(ids) for _ in range(5)]
+    results = await asyncio.gather(
+        store.insert(dup), *(store.insert(m) for m in fresh), return_exceptions=True
+    )
+    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert results[1:] == [None] * 5
+    assert store_mod.count_messages(store.path) == 6
+
+
+async def test_claim_takes_oldest_due_first_and_leases_them(store: Store) -> None:
+    ids = IdGenerator()
+    old = _message(ids, at=NOW - 10)
+    new = _message(ids, at=NOW)
+    later = _message(ids, at=NOW + 100)
+    for m in (new, later, old):
+        await store.insert(m)
+    claimed = await store.claim(NOW, limit=1, lease=30)
+    assert [c.id for c in claimed] == [old.id]
+    claimed = await store.claim(NOW, limit=10, lease=30)
+    assert [c.id for c in claimed] == [new.id], "not-yet-due messages stay queued"
+    # Nothing else is due until the lease runs out; then the same message comes back.
+    assert await store.claim(NOW + 29, limit=10, lease=30) == []
+    again = await store.claim(NOW + 31, limit=10, lease=30)
+    assert {c.id for c in again} == {old.id, new.id}
+    assert all(c.attempt == 2 for c in again)
+
+
+async def test_second_process_on_the_same_database_is_refused(store: Store) -> None:
+    with pytest.raises(StoreLocked):
+        await Store.open(store.path)
+
+
+async def test_foreign_sqlite_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(StoreError, match="not one of dispatchd's"):
+        await Store.open(path)
+
+
+async def test_garbage_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot use"):
+        await Store.open(path)
+
+
+# The hot statements must use an index: their cost is O(log n) in stored messages.
+HOT_QUERIES = {
+    "claim due": (
+        store_mod.CLAIM_DUE,
+        {"now": NOW, "limit": 10, "lease_until": NOW},
+        "messages_due",
+    ),
+    "claim expired lease": (
+        store_mod.CLAIM_LEASE_EXPIRED,
+        {"now": NOW, "limit": 10, "lease_until": NOW},
+        "messages_leased",
+    ),
+    "mark sent": (store_mod.MARK_SENT, ("p", "x", NOW, "id"), "PRIMARY KEY"),
+    "apply report": (
+        store_mod.APPLY_REPORT,
+        ("delivered", "x", None, None, NOW, "id"),
+        "PRIMARY KEY",
+    ),
+    "requeue": (store_mod.REQUEUE, (NOW, "c", "d", NOW, "id"), "PRIMARY KEY"),
+    "report by provider id": (store_mod.SELECT_BY_PROVIDER_ID, ("x",), "provider_message_id"),
+    "next due": (store_mod.NEXT_DUE, (), "messages_due"),
+    "list by number": (
+        store_mod.LIST_MESSAGES[(True, False)],
+        ("+17034573322", "~", 10),
+        "messages_to_number",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOT_QUERIES))
+async def test_hot_queries_use_an_index(store: Store, name: str) -> None:
+    sql, params, index = HOT_QUERIES[name]
+    plan = await store.explain(sql, params)
+    print(f"{name}: {plan}")
+    assert not any(step.startswith("SCAN messages") for step in plan), plan
+    assert any(index in step for step in plan), plan
