@@ -420,9 +420,9 @@ class Store:
             return [(True, v) for v in self._transaction(ops)]
         except StoreUnavailable as exc:
             return [(False, exc)] * len(ops)
-        except Exception:
+        except Exception as exc:
             if len(ops) == 1:
-                raise
+                return [(False, exc)]
         out: list[tuple[bool, Any]] = []
         for op in ops:
             try:

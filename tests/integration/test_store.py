@@ -143,3 +143,13 @@ async def test_hot_queries_use_an_index(store: Store, name: str) -> None:
     print(f"{name}: {plan}")
     assert not any(step.startswith("SCAN messages") for step in plan), plan
     assert any(index in step for step in plan), plan
+
+
+async def test_a_failing_write_alone_leaves_the_store_usable(store: Store) -> None:
+    ids = IdGenerator()
+    msg = _message(ids)
+    await store.insert(msg)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.insert(msg)
+    await store.insert(_message(ids))
+    assert store_mod.count_messages(store.path) == 2
