@@ -1,9 +1,701 @@
-"""The OpenAPI 3.1 document describing the HTTP API."""
+"""The OpenAPI 3.1 document describing the HTTP API (served at `GET /openapi.json`).
+
+The enums come from the code (`Status`, `Outcome`, `Encoding`, `ErrorCode`), so they
+cannot drift; everything else is written out by hand and checked against real responses
+by `tests/integration/test_openapi.py`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import functools
+from typing import Any, Final
+
+from dispatchd.encoding import Encoding
+from dispatchd.models import REPORT_STATUSES, ErrorCode, Outcome, Status
+
+__all__ = ["openapi_document"]
+
+API_VERSION: Final = "0.1.0"
+E164_PATTERN: Final = r"^\+[1-9][0-9]{1,14}$"
+# Must match dispatchd.web (not imported: web imports this module).
+PROBLEM_TYPE_PATTERN: Final = r"^https://dispatchd\.dev/problems/[a-z0-9_]+$"
+LIST_LIMIT_DEFAULT: Final = 50
+LIST_LIMIT_MAX: Final = 500
+RETRY_AFTER_SECONDS: Final = 5
+
+JSON: Final = "application/json"
+FORM: Final = "application/x-www-form-urlencoded"
+PROBLEM: Final = "application/problem+json"
+
+FIELD_ERROR_CODES: Final = (
+    "missing",
+    "not_a_string",
+    "empty",
+    "too_long",
+    "unparseable",
+    "invalid_number",
+    "invalid_choice",
+    "out_of_range",
+)
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    """`schema` or null, JSON Schema 2020-12 style (OpenAPI 3.1 has no `nullable`)."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+_TIMESTAMP: Final[Schema] = {
+    "type": "string",
+    "format": "date-time",
+    "description": "RFC 3339 UTC timestamp with milliseconds.",
+    "examples": ["2025-01-31T12:00:00.123Z"],
+}
+
+
+# -- schemas ------------------------------------------------------------------------------
+
+_STATUS_HELP = {
+    Status.QUEUED: "stored and waiting for the worker (also after a failed attempt, until "
+    "`next_attempt_at`)",
+    Status.SENDING: "a provider call is in flight",
+    Status.SENT: "a provider accepted it; waiting for its delivery report",
+    Status.DELIVERED: "final: the provider reported it delivered",
+    Status.FAILED: "final: no provider would take it after every attempt, or the provider "
+    "reported it undelivered",
+    Status.INVALID: "final: the number was reported invalid (and is now suppressed)",
+    Status.EXPIRED: "final: no provider accepted it within `max_age` seconds of acceptance",
+}
+
+_MESSAGE_STATUS: Final[Schema] = {
+    "type": "string",
+    "enum": [s.value for s in Status],
+    "description": "Where a message stands. "
+    + "; ".join(f"`{s.value}`: {_STATUS_HELP[s]}" for s in Status)
+    + ". Final statuses never change.",
+}
+
+_MESSAGE_ERROR: Final[Schema] = {
+    "type": "object",
+    "description": "Why a message failed, or why its last attempt did.",
+    "additionalProperties": False,
+    "required": ["code", "detail"],
+    "properties": {
+        "code": {
+            "type": "string",
+            "enum": [c.value for c in ErrorCode],
+            "description": "Machine-readable reason: `providers_unavailable` (no provider "
+            "answered usefully; retried until `max_attempts`), `provider_rejected` (every "
+            "provider refused it with a 4xx), `number_suppressed`, `expired`, "
+            "`reported_failed`, `reported_invalid` (from a delivery report).",
+        },
+        "detail": {"type": "string", "description": "A sentence for humans."},
+    },
+}
+
+_MESSAGE_PROPERTIES: Final[dict[str, Schema]] = {
+    "id": {
+        "type": "string",
+        "format": "uuid",
+        "description": "The message id (a UUIDv7, so ids sort by acceptance time).",
+        "examples": ["01a222ab-f8ac-7206-bf20-90d60ad50f03"],
+    },
+    "to_number": {
+        "type": "string",
+        "pattern": E164_PATTERN,
+        "description": "The recipient in E.164 form, however it was written in the request.",
+        "examples": ["+17034573322"],
+    },
+    "message": {"type": "string", "minLength": 1, "description": "The text, as sent."},
+    "status": _ref("MessageStatus"),
+    "segments": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "How many SMS parts the text needs in its encoding.",
+    },
+    "encoding": {
+        "type": "string",
+        "enum": [e.value for e in Encoding],
+        "description": "`GSM-7` when every character is in the GSM 03.38 alphabet "
+        "(160 characters per single SMS, 153 per part), else `UCS-2` (70, or 67 per part).",
+    },
+    "provider": _nullable(
+        {"type": "string", "description": "The provider that accepted it; null until one did."}
+    ),
+    "provider_message_id": _nullable(
+        {"type": "string", "description": "That provider's own id for the message."}
+    ),
+    "error": _nullable(_ref("MessageError")),
+    "created_at": {**_TIMESTAMP, "description": "When dispatchd accepted the message."},
+    "updated_at": {**_TIMESTAMP, "description": "When the message last changed."},
+    "next_attempt_at": _nullable(
+        {
+            **_TIMESTAMP,
+            "description": "While `queued`: when the next delivery attempt is due. "
+            "Null in every other status.",
+        }
+    ),
+}
+
+# next_attempt_at is a timestamp exactly while the message is queued.
+_NEXT_ATTEMPT_RULE: Final[Schema] = {
+    "if": {"properties": {"status": {"const": Status.QUEUED.value}}},
+    "then": {"properties": {"next_attempt_at": {"type": "string"}}},
+    "else": {"properties": {"next_attempt_at": {"type": "null"}}},
+}
+
+_MESSAGE: Final[Schema] = {
+    "type": "object",
+    "description": "A message as dispatchd stores it.",
+    "additionalProperties": False,
+    "required": list(_MESSAGE_PROPERTIES),
+    "properties": _MESSAGE_PROPERTIES,
+    **_NEXT_ATTEMPT_RULE,
+}
+
+_ATTEMPT: Final[Schema] = {
+    "type": "object",
+    "description": "One call to one provider.",
+    "additionalProperties": False,
+    "required": ["provider", "started_at", "outcome", "http_status", "latency_ms", "error"],
+    "properties": {
+        "provider": {"type": "string", "description": "The provider's configured name."},
+        "started_at": _TIMESTAMP,
+        "outcome": {
+            "type": "string",
+            "enum": [o.value for o in Outcome],
+            "description": "`accepted`: the provider took the message. `unavailable`: 5xx, "
+            "408, 429, timeout or connection error, so dispatchd failed over to the next "
+            "provider. `rejected`: another 4xx; this provider will not take this message.",
+        },
+        "http_status": _nullable(
+            {
+                "type": "integer",
+                "minimum": 100,
+                "maximum": 599,
+                "description": "The provider's HTTP status; null if it never answered.",
+            }
+        ),
+        "latency_ms": {"type": "number", "minimum": 0, "description": "Call duration."},
+        "error": _nullable({"type": "string", "description": "What went wrong, if anything."}),
+    },
+}
+
+_HISTORY_ENTRY: Final[Schema] = {
+    "type": "object",
+    "description": "One status change, or a delivery report that was recorded but ignored.",
+    "additionalProperties": False,
+    "required": ["status", "at", "detail"],
+    "properties": {
+        "status": _ref("MessageStatus"),
+        "at": _TIMESTAMP,
+        "detail": _nullable({"type": "string", "description": "Why, in a few words."}),
+    },
+}
+
+_MESSAGE_DETAIL: Final[Schema] = {
+    "type": "object",
+    "description": "A message with every provider call and every status change, oldest first.",
+    "additionalProperties": False,
+    "required": [*_MESSAGE_PROPERTIES, "attempts", "history"],
+    "properties": {
+        **_MESSAGE_PROPERTIES,
+        "attempts": {"type": "array", "items": _ref("Attempt")},
+        "history": {"type": "array", "items": _ref("HistoryEntry")},
+    },
+    **_NEXT_ATTEMPT_RULE,
+}
+
+_MESSAGE_PAGE: Final[Schema] = {
+    "type": "object",
+    "description": "One page of messages, newest first.",
+    "additionalProperties": False,
+    "required": ["items", "next_cursor"],
+    "properties": {
+        "items": {"type": "array", "items": _ref("Message")},
+        "next_cursor": _nullable(
+            {
+                "type": "string",
+                "description": "Pass as `cursor` to get the next (older) page; null on the "
+                "last page.",
+            }
+        ),
+    },
+}
+
+_FIELD_ERROR: Final[Schema] = {
+    "type": "object",
+    "description": "What is wrong with one field.",
+    "additionalProperties": False,
+    "required": ["field", "code", "message"],
+    "properties": {
+        "field": {"type": "string", "examples": ["to_number"]},
+        "code": {"type": "string", "enum": list(FIELD_ERROR_CODES)},
+        "message": {"type": "string", "description": "A sentence for humans."},
+    },
+}
+
+_PROBLEM: Final[Schema] = {
+    "type": "object",
+    "description": "An RFC 9457 problem: every error answer has this shape and the media "
+    "type `application/problem+json`. Switch on `code`, show `detail` to humans.",
+    "additionalProperties": False,
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "format": "uri",
+            "pattern": PROBLEM_TYPE_PATTERN,
+            "description": "`https://dispatchd.dev/problems/{code}`.",
+        },
+        "title": {"type": "string", "description": "Short summary of the kind of problem."},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string", "description": "What went wrong this time, as a sentence."},
+        "code": {
+            "type": "string",
+            "pattern": "^[a-z0-9_]+$",
+            "description": "Machine-readable problem code, e.g. `validation_failed`.",
+        },
+        "errors": {
+            "type": "array",
+            "minItems": 1,
+            "items": _ref("FieldError"),
+            "description": "Only for `validation_failed`: every invalid field.",
+        },
+    },
+    # Validation failures list their fields; nothing else has `errors`.
+    "if": {"properties": {"code": {"const": "validation_failed"}}},
+    "then": {"required": ["errors"]},
+    "else": {"not": {"required": ["errors"]}},
+}
+
+_SEND_REQUEST: Final[Schema] = {
+    "type": "object",
+    "description": "A message to send. Other fields are ignored.",
+    "required": ["to_number", "message"],
+    "properties": {
+        "to_number": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "The recipient. E.164 (`+17034573322`) or any common national "
+            "format (`(703) 457-3322`), read in the configured `default_region`.",
+            "examples": ["+17034573322", "(703) 457-3322"],
+        },
+        "message": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": r"\S",
+            "description": "The text; not only whitespace, and at most `max_segments` "
+            "(default 10) SMS segments.",
+            "examples": ["Hello from dispatchd"],
+        },
+    },
+}
+
+_DELIVERY_REPORT: Final[Schema] = {
+    "type": "object",
+    "description": "A provider's delivery report. Other fields are ignored.",
+    "required": ["status", "message_id"],
+    "properties": {
+        "status": {"type": "string", "enum": sorted(s.value for s in REPORT_STATUSES)},
+        "message_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The provider's own message id (from its 200 answer).",
+        },
+    },
+}
+
+_SCHEMAS: Final[dict[str, Schema]] = {
+    "Message": _MESSAGE,
+    "MessageDetail": _MESSAGE_DETAIL,
+    "MessagePage": _MESSAGE_PAGE,
+    "MessageStatus": _MESSAGE_STATUS,
+    "MessageError": _MESSAGE_ERROR,
+    "Attempt": _ATTEMPT,
+    "HistoryEntry": _HISTORY_ENTRY,
+    "Problem": _PROBLEM,
+    "FieldError": _FIELD_ERROR,
+    "SendMessageRequest": _SEND_REQUEST,
+    "DeliveryReport": _DELIVERY_REPORT,
+}
+
+
+# -- responses ----------------------------------------------------------------------------
+
+_HEADERS: Final[dict[str, Any]] = {
+    "Location": {
+        "description": "Path of the new message: `/messages/{id}`.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^/messages/[0-9a-f-]{36}$"},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "examples": [RETRY_AFTER_SECONDS]},
+    },
+}
+
+
+def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> Schema:
+    response: Schema = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problem(
+    status: int, codes: list[str], description: str, *, retry_after: bool = False
+) -> Schema:
+    """A problem+json answer whose `status` and `code` are pinned down."""
+    schema: Schema = {
+        "allOf": [_ref("Problem")],
+        "properties": {"status": {"const": status}, "code": {"enum": codes}},
+    }
+    response: Schema = {"description": description, "content": {PROBLEM: {"schema": schema}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return response
+
+
+_DEFAULT: Final[Schema] = {
+    "description": "Any other error, as a problem: `405 method_not_allowed` (with an `Allow` "
+    "header) or `500 internal_error` (dispatchd logged the cause).",
+    "content": {PROBLEM: {"schema": _ref("Problem")}},
+}
+
+_BODY_TOO_LARGE: Final = _problem(413, ["payload_too_large"], "The body is over 64 KiB.")
+_MALFORMED: Final = _problem(
+    400,
+    ["malformed_request"],
+    "The body is not valid UTF-8 JSON, or is JSON but not an object.",
+)
+_UNSUPPORTED: Final = _problem(
+    415,
+    ["unsupported_media_type"],
+    "The body is neither JSON (`application/json` or any `+json` type) nor "
+    "`application/x-www-form-urlencoded`; a missing Content-Type counts as neither.",
+)
+_STORAGE_UNAVAILABLE: Final = _problem(
+    503,
+    ["storage_unavailable"],
+    "The database cannot take writes right now (disk full, locked, I/O error); nothing was "
+    "stored. Retry after `Retry-After` seconds.",
+    retry_after=True,
+)
+_INVALID_TOKEN: Final = _problem(
+    401,
+    ["invalid_token"],
+    "The `token` is missing or is not the one dispatchd issued for this message; nothing "
+    "was changed.",
+)
+_REPORT_INVALID: Final = _problem(
+    422,
+    ["validation_failed"],
+    "`status` is not one of delivered, failed, invalid, or `message_id` is missing or not "
+    "a non-empty string; `errors` lists each problem. Checked before the token.",
+)
+
+
+def _report_body() -> Schema:
+    schema = _ref("DeliveryReport")
+    return {
+        "required": True,
+        "content": {JSON: {"schema": schema}, FORM: {"schema": schema}},
+    }
+
+
+_TOKEN_PARAM: Final[Schema] = {
+    "name": "token",
+    "in": "query",
+    "required": True,
+    "description": "The callback token dispatchd put in the callback URL it gave the "
+    "provider (an HMAC of the dispatchd message id under a secret kept in the database). "
+    "Missing or wrong: `401`.",
+    "schema": {"type": "string"},
+}
+
+_ID_PARAM: Final[Schema] = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The message id, as returned by `POST /messages`.",
+    "schema": {"type": "string"},
+    "examples": {"uuid": {"value": "01a222ab-f8ac-7206-bf20-90d60ad50f03"}},
+}
+
+_REPORT_204: Final[Schema] = {
+    "description": "Report taken. If the message was not final, its status changed (an "
+    "`invalid` report also suppresses the number); if it was already final, or this is a "
+    "duplicate, the report is only recorded in `history`. Either way, do not resend it."
+}
+
+
+# -- operations ---------------------------------------------------------------------------
+
+_POST_MESSAGES: Final[Schema] = {
+    "operationId": "sendMessage",
+    "tags": ["messages"],
+    "summary": "Send an SMS",
+    "description": "Validates the number and text, stores the message durably and hands it "
+    "to the delivery worker. `202` means the message is committed to disk (fsynced) and "
+    "will reach a final status even if dispatchd restarts; it has not been sent yet. "
+    "Follow it with `GET /messages/{id}` (the `Location` header).",
+    "requestBody": {
+        "required": True,
+        "description": "JSON or an HTML form with the same two fields; at most 64 KiB.",
+        "content": {
+            JSON: {
+                "schema": _ref("SendMessageRequest"),
+                "example": {"to_number": "+17034573322", "message": "Hello from dispatchd"},
+            },
+            FORM: {"schema": _ref("SendMessageRequest")},
+        },
+    },
+    "responses": {
+        "202": _json(
+            _ref("Message"),
+            "Accepted and committed to disk; status `queued`.",
+            {"Location": {"$ref": "#/components/headers/Location"}},
+        ),
+        "400": _MALFORMED,
+        "413": _BODY_TOO_LARGE,
+        "415": _UNSUPPORTED,
+        "422": _problem(
+            422,
+            ["validation_failed", "number_suppressed"],
+            "Not accepted. `validation_failed`: a field is missing, not a string, an "
+            "unparseable or invalid number, empty text or too many segments; `errors` lists "
+            "every problem. `number_suppressed`: a provider reported this number invalid "
+            "earlier, so dispatchd refuses to message it.",
+        ),
+        "503": _STORAGE_UNAVAILABLE,
+        "default": _DEFAULT,
+    },
+}
+
+_LIST_MESSAGES: Final[Schema] = {
+    "operationId": "listMessages",
+    "tags": ["messages"],
+    "summary": "List messages, newest first",
+    "description": "Optionally filtered by recipient and status. Pages are at most `limit` "
+    "long; follow `next_cursor` until it is null to see them all.",
+    "parameters": [
+        {
+            "name": "to_number",
+            "in": "query",
+            "required": False,
+            "description": "Only messages to this number, written in any format `POST "
+            "/messages` accepts. An invalid number: `422`.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "description": "Only messages in this status. Anything else: `422`.",
+            "schema": _ref("MessageStatus"),
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": f"Page size, 1 to {LIST_LIMIT_MAX}. Anything else: `422`.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": LIST_LIMIT_MAX,
+                "default": LIST_LIMIT_DEFAULT,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "`next_cursor` from the previous page. Opaque.",
+            "schema": {"type": "string"},
+        },
+    ],
+    "responses": {
+        "200": _json(_ref("MessagePage"), "A page of messages (possibly empty)."),
+        "422": _problem(
+            422,
+            ["validation_failed"],
+            "A query parameter is invalid; `errors` lists each one.",
+        ),
+        "default": _DEFAULT,
+    },
+}
+
+_GET_MESSAGE: Final[Schema] = {
+    "operationId": "getMessage",
+    "tags": ["messages"],
+    "summary": "Get one message with its attempts and history",
+    "description": "The message, every provider call made for it (`attempts`) and every "
+    "status change (`history`), oldest first.",
+    "parameters": [_ID_PARAM],
+    "responses": {
+        "200": _json(_ref("MessageDetail"), "The message."),
+        "404": _problem(404, ["message_not_found"], "No message has this id."),
+        "default": _DEFAULT,
+    },
+}
+
+_REPORT_BY_ID: Final[Schema] = {
+    "operationId": "reportDeliveryStatus",
+    "tags": ["delivery reports"],
+    "summary": "Receive a provider's delivery report",
+    "description": "Providers call this URL, which dispatchd hands them as `callback_url` "
+    "with each message, to say whether the message reached the phone. Reports are "
+    "idempotent and final statuses never change.",
+    "parameters": [_ID_PARAM, _TOKEN_PARAM],
+    "requestBody": _report_body(),
+    "responses": {
+        "204": _REPORT_204,
+        "400": _MALFORMED,
+        "401": _INVALID_TOKEN,
+        "404": _problem(
+            404, ["message_not_found"], "The token is right but no message has this id."
+        ),
+        "413": _BODY_TOO_LARGE,
+        "415": _UNSUPPORTED,
+        "422": _REPORT_INVALID,
+        "503": _STORAGE_UNAVAILABLE,
+        "default": _DEFAULT,
+    },
+}
+
+_REPORT_BY_PROVIDER_ID: Final[Schema] = {
+    "operationId": "reportDeliveryStatusByProviderId",
+    "tags": ["delivery reports"],
+    "summary": "Receive a delivery report matched on the provider's message id",
+    "description": "Seed-compatible variant of `POST /messages/{id}/delivery_status`: the "
+    "message is found by the provider's `message_id`, then the token is checked against it. "
+    "It only works once dispatchd has recorded the provider's `200`, so a report that "
+    "outruns it gets `404`; providers should prefer the per-message URL.",
+    "parameters": [_TOKEN_PARAM],
+    "requestBody": _report_body(),
+    "responses": {
+        "204": _REPORT_204,
+        "400": _MALFORMED,
+        "401": _INVALID_TOKEN,
+        "404": _problem(
+            404,
+            ["message_not_found"],
+            "No message has this provider message id (yet). Checked before the token.",
+        ),
+        "413": _BODY_TOO_LARGE,
+        "415": _UNSUPPORTED,
+        "422": _REPORT_INVALID,
+        "503": _STORAGE_UNAVAILABLE,
+        "default": _DEFAULT,
+    },
+}
+
+
+def _status_body(value: str) -> Schema:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status"],
+        "properties": {"status": {"const": value}},
+    }
+
+
+_HEALTHZ: Final[Schema] = {
+    "operationId": "getHealth",
+    "tags": ["operations"],
+    "summary": "Liveness check",
+    "description": "`200` whenever the process is serving HTTP. Use it to decide whether to "
+    "restart dispatchd; use `/readyz` to decide whether to send it traffic.",
+    "responses": {
+        "200": _json(_status_body("ok"), "The process is alive."),
+        "default": _DEFAULT,
+    },
+}
+
+_READYZ: Final[Schema] = {
+    "operationId": "getReadiness",
+    "tags": ["operations"],
+    "summary": "Readiness check",
+    "description": "`200` when the message store takes writes and the delivery worker runs, "
+    "so a `POST /messages` would be accepted and delivered; `503` otherwise.",
+    "responses": {
+        "200": _json(_status_body("ready"), "Ready for traffic."),
+        "503": _problem(
+            503,
+            ["not_ready"],
+            "Not ready: `detail` says whether the store cannot take writes or the worker "
+            "is not running.",
+            retry_after=True,
+        ),
+        "default": _DEFAULT,
+    },
+}
+
+_OPENAPI: Final[Schema] = {
+    "operationId": "getOpenApiDocument",
+    "tags": ["operations"],
+    "summary": "This API description",
+    "description": "This OpenAPI 3.1 document, for tools and code generators.",
+    "responses": {
+        "200": _json(
+            {
+                "type": "object",
+                "required": ["openapi", "info", "paths", "components"],
+                "properties": {"openapi": {"const": "3.1.0"}},
+            },
+            "The OpenAPI document.",
+        ),
+        "default": _DEFAULT,
+    },
+}
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "dispatchd",
+            "version": API_VERSION,
+            "summary": "SMS dispatch proxy: durable outbox, provider failover, delivery reports.",
+            "description": "Hand dispatchd a text message with `POST /messages`; it stores "
+            "it durably, delivers it through the configured SMS providers (failing over and "
+            "retrying when one has trouble), takes their delivery reports and tells you "
+            "where each message stands with `GET /messages/{id}`. Every error is an RFC "
+            "9457 problem (`application/problem+json`) with a machine-readable `code`.",
+        },
+        "tags": [
+            {"name": "messages", "description": "Send messages and follow them."},
+            {
+                "name": "delivery reports",
+                "description": "Called by SMS providers, not by applications.",
+            },
+            {"name": "operations", "description": "Health checks and this document."},
+        ],
+        "paths": {
+            "/messages": {"post": _POST_MESSAGES, "get": _LIST_MESSAGES},
+            "/messages/{id}": {"get": _GET_MESSAGE},
+            "/messages/{id}/delivery_status": {"post": _REPORT_BY_ID},
+            "/messages/delivery_status": {"post": _REPORT_BY_PROVIDER_ID},
+            "/healthz": {"get": _HEALTHZ},
+            "/readyz": {"get": _READYZ},
+            "/openapi.json": {"get": _OPENAPI},
+        },
+        "components": {"schemas": _SCHEMAS, "headers": _HEADERS},
+    }
 
 
 def openapi_document() -> dict[str, Any]:
-    return {"openapi": "3.1.0", "info": {"title": "dispatchd", "version": "1"}, "paths": {}}
+    """The OpenAPI 3.1.0 document of the HTTP API (a fresh copy; built once)."""
+    return copy.deepcopy(_document())

@@ -266,7 +266,9 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
     limit = LIST_LIMIT_DEFAULT
     if q.get("limit"):
         raw = q["limit"]
-        if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        # isdecimal, not isdigit: int() rejects "²"; the length cap keeps int() from
+        # refusing (ValueError) a string of thousands of digits. Either was a 500.
+        if not raw.isdecimal() or len(raw) > 9 or not 1 <= int(raw) <= LIST_LIMIT_MAX:
             errors.append(
                 FieldError(
                     "limit",
