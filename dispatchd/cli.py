@@ -7,9 +7,10 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dispatchd import config as config_mod
-from dispatchd.errors import ConfigError, StoreError
+from dispatchd.errors import ConfigError, ControlSocketError, StoreError
 
 # sysexits.h: EX_CONFIG tells systemd and scripts the config, not the code, is wrong.
 EXIT_CONFIG = 78
@@ -38,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--instant",
         action="store_true",
-        help="answer at once, never fail, report delivered at once (for benchmarks)",
+        help="answer at once, never fail, report delivered at once, no faults (for benchmarks)",
     )
+    sim.add_argument("--seed", type=int, help="seed the random source, so a run can be reproduced")
+
+    console = sub.add_parser("console", help="watch and steer a running daemon (Textual TUI)")
+    console.add_argument("--config", help=config_help + "; used for [control] socket")
+    console.add_argument("--socket", help="the daemon's control socket (overrides the config)")
 
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench.add_argument("--url", help="bench a running daemon (accept phase only)")
@@ -72,7 +78,7 @@ def _serve(cfg: config_mod.Config) -> int:
 
     try:
         return asyncio.run(serve(cfg))
-    except StoreError as exc:
+    except (StoreError, ControlSocketError) as exc:
         print(f"dispatchd: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except OSError as exc:
@@ -84,14 +90,22 @@ def _serve(cfg: config_mod.Config) -> int:
 
 
 def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    import random
+
     from aiohttp import web
 
     from dispatchd.simulator import SimulatorState, make_simulator_app
 
     settings = cfg.simulator
     if args.instant:
-        settings = settings.model_copy(
-            update={
+        # Every fault key back to its default (off), then the instant answers on top.
+        faults = config_mod.SimulatorConfig().model_dump(
+            exclude={"enabled", "failure_rate", "latency", "callback_delay"}
+        )
+        settings = config_mod.SimulatorConfig.model_validate(
+            {
+                **settings.model_dump(),
+                **faults,
                 "latency": 0.0,
                 "callback_delay": 0.0,
                 "failure_rate": 0.0,
@@ -101,9 +115,17 @@ def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                 "invalid_suffix": "",
             }
         )
-    app = make_simulator_app(SimulatorState(settings))
+    rng = random.Random(args.seed) if args.seed is not None else None
+    app = make_simulator_app(SimulatorState(settings, rng))
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
     return 0
+
+
+def _console(socket_path: Path) -> int:
+    # Imported here so that `serve` never loads Textual.
+    from dispatchd.console.app import run
+
+    return run(socket_path)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -131,12 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         bench.run_ceiling(args.port)
         return 0
+    if args.command == "console" and args.socket:
+        return _console(Path(args.socket))
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
         _setup_logging("info")
         print(f"dispatchd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "console":
+        return _console(cfg.control_socket)
     _setup_logging(cfg.log.level)
     if args.command == "serve":
         return _serve(cfg)

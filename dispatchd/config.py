@@ -102,12 +102,43 @@ class SimulatorConfig(_Section):
     """Relative weight of `invalid` reports (numbers ending in 0000 are always invalid)."""
     invalid_suffix: str = Field("0000", pattern=r"^[0-9]*$")
     """Numbers ending in these digits are always reported `invalid`; empty disables the rule."""
+    # Fault injection. Every key below is also settable per provider at run time through
+    # `PUT /_faults/{name}` on the simulator (see dispatchd/simulator.py).
+    hang_rate: float = Field(0.0, ge=0, le=1)
+    """Share of requests never answered: the connection stays open until the client gives up."""
+    malformed_rate: float = Field(0.0, ge=0, le=1)
+    """Share of accepted requests answered `200` with unparseable JSON; the report still follows."""
+    down: bool = False
+    """The provider is down: every request is answered `503` at once, until this is unset."""
+    down_after: float = Field(0.0, ge=0)
+    """Seconds from the simulator's start (or the `/_faults` change) to a down window."""
+    down_for: float = Field(0.0, ge=0)
+    """Length in seconds of that down window (answered like `down`); 0 means no window."""
+    flap_period: float = Field(0.0, ge=0)
+    """Above 0: the provider is up for the first half of every such period, down the second."""
+    duplicate_callback_rate: float = Field(0.0, ge=0, le=1)
+    """Share of messages whose delivery report is sent twice."""
+    out_of_order_rate: float = Field(0.0, ge=0, le=1)
+    """Share of messages that get a contrary report just before the real one (`failed` then
+    `delivered`, or `delivered` then `failed`)."""
+    early_callback_rate: float = Field(0.0, ge=0, le=1)
+    """Share of messages whose delivery report is sent, and answered, before the provider's 200."""
+    callback_retry_for: float = Field(0.0, ge=0, le=3600)
+    """Seconds to keep retrying a report the receiver did not take (no connection or 5xx),
+    backing off up to 1 s between tries; 0 tries once, like the simplest real provider."""
 
     @model_validator(mode="after")
     def _some_status(self) -> SimulatorConfig:
         if self.delivered + self.failed + self.invalid <= 0:
             raise ValueError("at least one of delivered, failed, invalid must be above 0")
         return self
+
+
+class ControlConfig(_Section):
+    socket: Path | None = None
+    """Unix socket of the operator console (mode 0600); default: the database path with
+    `.sock` (so `var/dispatchd.sock`). Under systemd, a RuntimeDirectory path such as
+    `/run/dispatchd/control.sock`."""
 
 
 class LogConfig(_Section):
@@ -138,7 +169,13 @@ class Config(BaseSettings):
     delivery: DeliveryConfig = DeliveryConfig()
     providers: list[ProviderConfig] = Field(default_factory=_default_providers, min_length=1)
     simulator: SimulatorConfig = SimulatorConfig()
+    control: ControlConfig = ControlConfig()
     log: LogConfig = LogConfig()
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the control socket lives: `[control] socket`, else beside the database."""
+        return self.control.socket or self.storage.path.with_suffix(".sock")
 
     @field_validator("providers")
     @classmethod

@@ -14,6 +14,9 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd.config import Config
+from dispatchd.control import ControlDeps, ControlServer, make_control_app
+from dispatchd.events import EventBus
+from dispatchd.health import HealthRegistry
 from dispatchd.providers import ProviderClient
 from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
@@ -42,6 +45,9 @@ class Daemon:
         self._clock = clock
         self._rng = rng or random.Random()
         self.simulator = simulator_state or SimulatorState(config.simulator)
+        self.events = EventBus(clock=clock)
+        self.health = HealthRegistry(config.providers, clock=clock)
+        self.control: ControlServer | None = None
         self.store: Store | None = None
         self.service: Service | None = None
         self.worker: Worker | None = None
@@ -72,6 +78,7 @@ class Daemon:
             suppressed=await store.suppressed_numbers(),
             on_new_work=lambda: worker_ref[0].wake(),
             clock=self._clock,
+            events=self.events,
         )
         d = cfg.delivery
         worker = self.worker = Worker(
@@ -87,8 +94,22 @@ class Daemon:
             is_suppressed=service.is_suppressed,
             clock=self._clock,
             rng=self._rng,
+            health=self.health,
+            events=self.events,
         )
         worker_ref.append(worker)
+        control_deps = ControlDeps(
+            service,
+            self.health,
+            self.events,
+            worker.wake,
+            d.default_region,
+            clock=self._clock,
+            started_at=self._clock(),
+            instance=secrets.token_hex(6),
+        )
+        self.control = ControlServer(make_control_app(control_deps), cfg.control_socket)
+        await self.control.start()
         app = make_app(WebDeps(service, d.default_region, self._not_ready_reason))
         if cfg.simulator.enabled:
             app.add_subapp("/simulator/", make_simulator_app(self.simulator))
@@ -100,10 +121,11 @@ class Daemon:
         self._worker_task = asyncio.create_task(worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_ended)
         logger.info(
-            "event=started host=%s port=%d db=%s providers=%s simulator=%s",
+            "event=started host=%s port=%d db=%s control=%s providers=%s simulator=%s",
             cfg.server.host,
             self.port,
             cfg.storage.path,
+            cfg.control_socket,
             ",".join(f"{p.name}:{p.weight}" for p in cfg.providers),
             cfg.simulator.enabled,
         )
@@ -134,6 +156,8 @@ class Daemon:
             await self.worker.stop(grace)
         if self._worker_task is not None:
             await asyncio.gather(self._worker_task, return_exceptions=True)
+        if self.control is not None:
+            await self.control.stop()
         if self._session is not None:
             await self._session.close()
         if self.store is not None:

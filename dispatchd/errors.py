@@ -41,3 +41,7 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderRejected(ProviderError):
     """The provider rejected the message (4xx); retrying it there will not help."""
+
+
+class ControlSocketError(DispatchdError):
+    """The operator control socket cannot be opened."""

@@ -37,6 +37,7 @@ FIELD_ERROR_CODES: Final = (
     "invalid_number",
     "invalid_choice",
     "out_of_range",
+    "invalid_characters",
 )
 
 Schema = dict[str, Any]
@@ -367,8 +368,10 @@ def _problem(
 
 
 _DEFAULT: Final[Schema] = {
-    "description": "Any other error, as a problem: `405 method_not_allowed` (with an `Allow` "
-    "header) or `500 internal_error` (dispatchd logged the cause).",
+    "description": "Any other error, as a problem: `400 malformed_request` (not valid "
+    "HTTP/1.1), `405 method_not_allowed` (with an `Allow` header), `408 request_timeout` "
+    "(the body did not arrive within 10 seconds) or `500 internal_error` (dispatchd logged "
+    "the cause).",
     "content": {PROBLEM: {"schema": _ref("Problem")}},
 }
 
@@ -382,7 +385,8 @@ _UNSUPPORTED: Final = _problem(
     415,
     ["unsupported_media_type"],
     "The body is neither JSON (`application/json` or any `+json` type) nor "
-    "`application/x-www-form-urlencoded`; a missing Content-Type counts as neither.",
+    "`application/x-www-form-urlencoded` (a missing Content-Type counts as neither), or it "
+    "is compressed (any `Content-Encoding` but `identity`).",
 )
 _STORAGE_UNAVAILABLE: Final = _problem(
     503,
@@ -400,8 +404,9 @@ _INVALID_TOKEN: Final = _problem(
 _REPORT_INVALID: Final = _problem(
     422,
     ["validation_failed"],
-    "`status` is not one of delivered, failed, invalid, or `message_id` is missing or not "
-    "a non-empty string; `errors` lists each problem. Checked before the token.",
+    "`status` is not one of delivered, failed, invalid, or `message_id` is missing, not "
+    "a non-empty string or holds NUL or a lone surrogate; `errors` lists each problem. "
+    "Checked before the token.",
 )
 
 
@@ -428,7 +433,8 @@ _ID_PARAM: Final[Schema] = {
     "in": "path",
     "required": True,
     "description": "The message id, as returned by `POST /messages`.",
-    "schema": {"type": "string"},
+    # `/messages/delivery_status` is the seed-compatible report URL, not a message.
+    "schema": {"type": "string", "not": {"const": "delivery_status"}},
     "examples": {"uuid": {"value": "01a222ab-f8ac-7206-bf20-90d60ad50f03"}},
 }
 
@@ -472,10 +478,11 @@ _POST_MESSAGES: Final[Schema] = {
         "422": _problem(
             422,
             ["validation_failed", "number_suppressed"],
-            "Not accepted. `validation_failed`: a field is missing, not a string, an "
-            "unparseable or invalid number, empty text or too many segments; `errors` lists "
-            "every problem. `number_suppressed`: a provider reported this number invalid "
-            "earlier, so dispatchd refuses to message it.",
+            "Not accepted. `validation_failed`: a field is missing, not a string, holds NUL "
+            "or a lone UTF-16 surrogate (`invalid_characters`), an unparseable or invalid "
+            "number, empty text or too many segments; `errors` lists every problem. "
+            "`number_suppressed`: a provider reported this number invalid earlier, so "
+            "dispatchd refuses to message it.",
         ),
         "503": _STORAGE_UNAVAILABLE,
         "default": _DEFAULT,
@@ -529,7 +536,8 @@ _LIST_MESSAGES: Final[Schema] = {
         "422": _problem(
             422,
             ["validation_failed"],
-            "A query parameter is invalid; `errors` lists each one.",
+            "A query parameter is invalid (present but empty counts: `status=` is not a "
+            "status); `errors` lists each one.",
         ),
         "default": _DEFAULT,
     },

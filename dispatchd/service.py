@@ -10,9 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dispatchd import store as store_mod
 from dispatchd.config import DeliveryConfig
 from dispatchd.encoding import segment
 from dispatchd.errors import DispatchdError
+from dispatchd.events import EventBus
 from dispatchd.ids import IdGenerator
 from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status
 from dispatchd.numbers import NumberError, to_e164
@@ -48,6 +50,17 @@ class BadToken(DispatchdError):
     """The callback token is missing or wrong."""
 
 
+class NotRetryable(DispatchdError):
+    """Only failed or expired messages can be retried."""
+
+
+class NotSuppressed(DispatchdError):
+    """The number is not suppressed."""
+
+
+RETRYABLE_STATUSES = frozenset({Status.FAILED, Status.EXPIRED})
+
+
 @dataclass(frozen=True, slots=True)
 class SendRequest:
     """A validated send: E.164 number, text and its segmentation."""
@@ -72,6 +85,7 @@ class Service:
         on_new_work: Callable[[], None],
         ids: IdGenerator | None = None,
         clock: Callable[[], float] = time.time,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
         self._delivery = delivery
@@ -82,6 +96,7 @@ class Service:
         self._on_new_work = on_new_work
         self._ids = ids or IdGenerator()
         self._clock = clock
+        self._events = events or EventBus(clock=clock)
 
     # -- accepting ------------------------------------------------------------------------
 
@@ -122,7 +137,7 @@ class Service:
             raise ValidationFailed(errors)
         return SendRequest(e164, text, seg.segments, seg.encoding.value)
 
-    async def accept(self, request: SendRequest) -> Message:
+    async def accept(self, request: SendRequest, *, retry_of: str | None = None) -> Message:
         """Store a new message durably and wake the worker; refuse suppressed numbers."""
         if request.to_number in self._suppressed:
             raise NumberSuppressed(
@@ -142,8 +157,13 @@ class Service:
             expires_at=now + self._delivery.max_age,
             next_attempt_at=now,
         )
-        await self.store.insert(msg, "accepted")
+        detail = "accepted" if retry_of is None else f"accepted: operator retry of {retry_of}"
+        await self.store.insert(msg, detail)
         logger.info("event=accepted id=%s segments=%d", msg.id, msg.segments)
+        self._events.publish(
+            "accepted",
+            {"id": msg.id, "number": msg.to_number, "segments": msg.segments, "retry_of": retry_of},
+        )
         self._on_new_work()
         return msg
 
@@ -176,6 +196,10 @@ class Service:
             raise UnknownMessage()
         if result.applied:
             logger.info("event=report id=%s status=%s", msg_id, report.status)
+            self._events.publish(
+                report.status.value,
+                {"id": msg_id, "number": result.number, "provider": provider, "via": "report"},
+            )
         else:
             logger.info("event=report_ignored id=%s status=%s", msg_id, report.status)
         if result.applied and report.status is Status.INVALID:
@@ -185,6 +209,18 @@ class Service:
                 "event=number_suppressed id=%s also_invalidated=%d",
                 msg_id,
                 len(result.requeued_invalid),
+            )
+            for other in result.requeued_invalid:
+                self._events.publish(
+                    "invalid", {"id": other, "number": result.number, "code": "number_suppressed"}
+                )
+            self._events.publish(
+                "number_suppressed",
+                {
+                    "id": msg_id,
+                    "number": result.number,
+                    "also_invalidated": len(result.requeued_invalid),
+                },
             )
         return result
 
@@ -196,3 +232,43 @@ class Service:
         if msg_id is None:
             raise UnknownMessage()
         return await self.report(msg_id, report, token)
+
+    # -- operator actions (control socket) -------------------------------------------------
+
+    async def retry(self, msg_id: str) -> Message:
+        """Send a failed or expired message again, as a new message.
+
+        The original keeps its final status (final statuses never change) and gains a
+        history note naming the new message, which is accepted like any other.
+        """
+        original = await self.store.get(msg_id)
+        if original is None:
+            raise UnknownMessage(f"No message has id {msg_id!r}.")
+        if original.status not in RETRYABLE_STATUSES:
+            raise NotRetryable(
+                f"Message {msg_id} is {original.status}; only failed or expired messages "
+                "can be retried."
+            )
+        request = SendRequest(
+            original.to_number, original.body, original.segments, original.encoding
+        )
+        msg = await self.accept(request, retry_of=msg_id)
+        await store_mod.add_note(
+            self.store, msg_id, f"retried by the operator as {msg.id}", self._clock()
+        )
+        logger.info("event=operator_retry id=%s new_id=%s", msg_id, msg.id)
+        return msg
+
+    async def lift_suppression(self, number: str) -> str:
+        """Accept messages to a number reported invalid again; return it in E.164."""
+        try:
+            e164 = to_e164(number, self._delivery.default_region)
+        except NumberError as exc:
+            raise ValidationFailed([FieldError("number", exc.code, exc.message)]) from exc
+        removed = await store_mod.lift_suppression(self.store, e164)
+        if not removed and e164 not in self._suppressed:
+            raise NotSuppressed(f"{e164} is not suppressed.")
+        self._suppressed.discard(e164)
+        logger.info("event=suppression_lifted number=%s", e164)
+        self._events.publish("suppression_lifted", {"number": e164})
+        return e164

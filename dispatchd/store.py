@@ -603,11 +603,19 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------
 
+    async def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        """First row of a query, fetched in the same thread hop as the execute.
+
+        A cursor left open across an await would hold the reader's snapshot, and
+        other reads interleaved on this connection would miss fresh commits.
+        """
+        rows = await self._reader.execute_fetchall(sql, params)
+        return next(iter(rows), None)
+
     async def get(self, msg_id: str) -> Message | None:
         """The message with its attempts and history, or None."""
         try:
-            async with self._reader.execute(SELECT_MESSAGE, (msg_id,)) as cur:
-                row = await cur.fetchone()
+            row = await self._one(SELECT_MESSAGE, (msg_id,))
             if row is None:
                 return None
             attempts = await self._reader.execute_fetchall(SELECT_ATTEMPTS, (msg_id,))
@@ -636,8 +644,7 @@ class Store:
         return [_message_from_row(r) for r in rows]
 
     async def id_for_provider_message(self, provider_message_id: str) -> str | None:
-        async with self._reader.execute(SELECT_BY_PROVIDER_ID, (provider_message_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(SELECT_BY_PROVIDER_ID, (provider_message_id,))
         return None if row is None else str(row[0])
 
     async def suppressed_numbers(self) -> set[str]:
@@ -648,8 +655,7 @@ class Store:
         """Earliest time a queued message falls due or a lease runs out."""
         times = []
         for sql in (NEXT_DUE, NEXT_LEASE_END):
-            async with self._reader.execute(sql) as cur:
-                row = await cur.fetchone()
+            row = await self._one(sql, ())
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
@@ -819,3 +825,60 @@ def seed_backlog(path: Path, count: int, chunk: int = 50_000) -> None:
             done += n
     finally:
         conn.close()
+
+
+# =========================================================================================
+# Operator console support (used by service.py and control.py). Kept as one appended block
+# of module functions so it stays clear of the Store class while that is being reworked.
+# =========================================================================================
+
+OLDEST_QUEUED = "SELECT created_at FROM messages WHERE status = 'queued' ORDER BY id LIMIT 1"
+COUNT_WAITING_RETRY = "SELECT count(*) FROM messages WHERE status = 'queued' AND attempt_count > 0"
+DELETE_SUPPRESSION = "DELETE FROM suppressions WHERE number = ?"
+INSERT_NOTE = (
+    "INSERT INTO history (message_id, status, at, detail) "
+    "SELECT id, status, ?, ? FROM messages WHERE id = ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The outbox at a glance."""
+
+    counts: dict[str, int]
+    oldest_queued_at: float | None
+    waiting_retry: int  # queued again after an attempt found no provider
+
+
+async def queue_stats(store: Store) -> QueueStats:
+    """Counts by status, the oldest queued message's creation time, messages awaiting retry."""
+    try:
+        counts = await store.counts()
+        # _one, not a cursor held across an await, which would pin the reader's snapshot.
+        oldest = await store._one(OLDEST_QUEUED, ())
+        waiting = await store._one(COUNT_WAITING_RETRY, ())
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    return QueueStats(
+        counts,
+        float(oldest[0]) if oldest else None,
+        int(waiting[0]) if waiting else 0,
+    )
+
+
+async def lift_suppression(store: Store, number: str) -> bool:
+    """Allow messages to `number` again; False if it was not suppressed."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        return bool(conn.execute(DELETE_SUPPRESSION, (number,)).rowcount)
+
+    return await store._write(op)
+
+
+async def add_note(store: Store, msg_id: str, detail: str, now: float) -> bool:
+    """Append a history entry that keeps the message's status; False if there is no message."""
+
+    def op(conn: sqlite3.Connection) -> bool:
+        return bool(conn.execute(INSERT_NOTE, (now, detail, msg_id)).rowcount)
+
+    return await store._write(op)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import resource
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from dispatchd.errors import StoreUnavailable
 from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status, isoformat
@@ -18,6 +23,7 @@ from dispatchd.service import (
     BadToken,
     FieldError,
     NumberSuppressed,
+    SendRequest,
     Service,
     UnknownMessage,
     ValidationFailed,
@@ -30,6 +36,14 @@ PROBLEM_TYPE = "https://dispatchd.dev/problems/"
 RETRY_AFTER_SECONDS = 5
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
+# Seconds a client has to send the whole body once its headers are in (slow-body attacks).
+BODY_TIMEOUT = 10.0
+# Seconds a new connection has to send the headers of its first request (slowloris).
+HEADER_TIMEOUT = 10.0
+# Seconds an idle keep-alive connection stays open between requests. Longer than the usual
+# client and proxy pool timeouts (aiohttp 15 s, nginx upstream 60 s) so the server is never
+# the side that closes a connection the client is about to reuse.
+KEEPALIVE_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,33 +196,126 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
 # -- parsing ------------------------------------------------------------------------------
 
 
+FORM = "application/x-www-form-urlencoded"
+SEND_FIELDS = ("to_number", "message")
+# NUL and lone UTF-16 surrogates: a JSON string may hold them ("\\u0000", "\\ud800"), but a
+# surrogate cannot be encoded as UTF-8 (SQLite refused it: a 500) and NUL is no SMS text
+# (providers written in C cut the message there).
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 async def _read_fields(request: web.Request) -> Mapping[str, Any]:
     """The request body as a mapping, from JSON or a form; Problem for anything else."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     ctype = request.content_type
-    if ctype == "application/x-www-form-urlencoded":
-        form = await request.post()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    is_json = ctype == "application/json" or ctype.endswith("+json")
+    if ctype != FORM and not is_json:
         raise Problem(
             415,
             "unsupported_media_type",
             "Unsupported media type",
-            f"Send the body as application/json or application/x-www-form-urlencoded, not {ctype}.",
+            f"Send the body as application/json or {FORM}, not {ctype}.",
         )
-    raw = await request.read()
+    raw = await _read_body(request)
     try:
-        data = json.loads(raw)
+        # Strictly UTF-8 whatever the charset parameter says (RFC 8259 and the URL standard
+        # both require it); json.loads(bytes) would also take UTF-16 and encoded surrogates.
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _malformed("The body is not valid UTF-8.") from exc
-    except ValueError as exc:
-        raise _malformed(f"The body is not valid JSON ({exc}).") from exc
+    if not is_json:
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise _malformed("The form has a percent-encoded value that is not UTF-8.") from exc
+        return dict(pairs)
+    try:
+        data = json.loads(text, parse_int=_json_number, parse_constant=_not_json)
     except RecursionError as exc:
         raise _malformed("The body's JSON is nested too deeply.") from exc
+    except ValueError as exc:
+        raise _malformed(f"The body is not valid JSON ({exc}).") from exc
     if not isinstance(data, dict):
         raise _malformed("The body must be a JSON object.")
     return data
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The raw body: at most MAX_BODY bytes, received within BODY_TIMEOUT, not compressed."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if coding not in ("", "identity"):
+        # Compressed bodies are refused rather than inflated: 64 KiB of gzip can hold
+        # gigabytes, and no client of this API needs to compress a text message.
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Unsupported content encoding",
+            f"Send the body uncompressed, not with Content-Encoding {coding}.",
+        )
+    try:
+        # read() stops with 413 as soon as the body passes client_max_size (= MAX_BODY),
+        # chunked or not, so a huge body is never buffered whole.
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError as exc:
+        raise Problem(
+            408,
+            "request_timeout",
+            "Request timeout",
+            f"The request body did not arrive within {BODY_TIMEOUT:g} seconds.",
+        ) from exc
+
+
+def _json_number(text: str) -> float:
+    # No field takes a number, so a number only has to stay "not a string". int() refuses
+    # more than 4300 digits (a ValueError that blamed the JSON) and is slow below that;
+    # float() reads any length in linear time.
+    return float(text)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _text_errors(fields: Mapping[str, Any], names: tuple[str, ...]) -> list[FieldError]:
+    """A field error for each named string field holding NUL or a lone surrogate."""
+    errors = []
+    for name in names:
+        value = fields.get(name)
+        if isinstance(value, str) and (found := _NOT_TEXT.search(value)):
+            char = found.group()
+            what = "a NUL character" if char == "\x00" else "a lone UTF-16 surrogate"
+            errors.append(
+                FieldError(
+                    name,
+                    "invalid_characters",
+                    f"{name} contains {what} (U+{ord(char):04X} at position {found.start()}), "
+                    "which is not text; send valid Unicode without NUL.",
+                )
+            )
+    return errors
+
+
+def _validate_send(service: Service, fields: Mapping[str, Any]) -> SendRequest:
+    """The service's validation, plus the text check the store needs; every error at once."""
+    errors = _text_errors(fields, SEND_FIELDS)
+    bad = {e.field for e in errors}
+    try:
+        send = service.validate({k: v for k, v in fields.items() if k not in bad})
+    except ValidationFailed as exc:
+        # The service sees a rejected field as missing; keep only what it says of the others.
+        errors += [e for e in exc.errors if e.field not in bad]
+        errors.sort(key=lambda e: SEND_FIELDS.index(e.field) if e.field in SEND_FIELDS else 99)
+        raise _validation(errors) from exc
+    return send
+
+
+def _token(request: web.Request) -> str | None:
+    """The callback token; a non-ASCII one (never issued) reads as empty, so it gets 401."""
+    token = request.query.get("token")
+    # hmac.compare_digest raises TypeError on non-ASCII str: that was a 500.
+    return token if token is None or token.isascii() else ""
 
 
 def _malformed(detail: str) -> Problem:
@@ -220,12 +327,9 @@ def _malformed(detail: str) -> Problem:
 
 async def post_message(request: web.Request) -> web.Response:
     service = request.app[DEPS].service
-    fields = await _read_fields(request)
+    send = _validate_send(service, await _read_fields(request))
     try:
-        send = service.validate(fields)
         msg = await service.accept(send)
-    except ValidationFailed as exc:
-        raise _validation(exc.errors) from exc
     except NumberSuppressed as exc:
         raise Problem(422, "number_suppressed", "Number suppressed", exc.message) from exc
     return web.json_response(
@@ -248,14 +352,15 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
     deps = request.app[DEPS]
     q = request.query
     errors: list[FieldError] = []
-    number = q.get("to_number") or None
+    # A parameter that is present is checked, even when empty: `status=` is not a status.
+    number = q.get("to_number")
     if number is not None:
         try:
             number = to_e164(number, deps.default_region)
         except NumberError as exc:
             errors.append(FieldError("to_number", exc.code, exc.message))
     status = None
-    if q.get("status"):
+    if "status" in q:
         try:
             status = Status(q["status"])
         except ValueError:
@@ -264,11 +369,12 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
                 FieldError("status", "invalid_choice", f"status must be one of {choices}.")
             )
     limit = LIST_LIMIT_DEFAULT
-    if q.get("limit"):
+    if "limit" in q:
         raw = q["limit"]
-        # isdecimal, not isdigit: int() rejects "²"; the length cap keeps int() from
-        # refusing (ValueError) a string of thousands of digits. Either was a 500.
-        if not raw.isdecimal() or len(raw) > 9 or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        # ASCII digits only: int() also takes Arabic-Indic digits, " 10", "+10" and "1_0".
+        # The length cap keeps int() from refusing (ValueError) thousands of digits (a 500).
+        ok = raw.isascii() and raw.isdigit() and len(raw) <= 9
+        if not ok or not 1 <= int(raw) <= LIST_LIMIT_MAX:
             errors.append(
                 FieldError(
                     "limit",
@@ -310,6 +416,7 @@ async def _read_report(request: web.Request) -> DeliveryReport:
         )
     if not isinstance(pmid, str) or not pmid:
         errors.append(FieldError("message_id", "missing", "message_id must be a non-empty string."))
+    errors += _text_errors(fields, ("message_id",))
     if errors or not isinstance(status, str) or not isinstance(pmid, str):
         raise _validation(errors)
     return DeliveryReport(Status(status), pmid)
@@ -328,7 +435,7 @@ async def delivery_status(request: web.Request) -> web.Response:
     report = await _read_report(request)
     msg_id = request.match_info["id"]
     try:
-        await request.app[DEPS].service.report(msg_id, report, request.query.get("token"))
+        await request.app[DEPS].service.report(msg_id, report, _token(request))
     except BadToken as exc:
         raise _unauthorized() from exc
     except UnknownMessage as exc:
@@ -339,7 +446,7 @@ async def delivery_status(request: web.Request) -> web.Response:
 async def seed_delivery_status(request: web.Request) -> web.Response:
     report = await _read_report(request)
     try:
-        await request.app[DEPS].service.report_by_provider_id(report, request.query.get("token"))
+        await request.app[DEPS].service.report_by_provider_id(report, _token(request))
     except BadToken as exc:
         raise _unauthorized() from exc
     except UnknownMessage as exc:
@@ -369,15 +476,209 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+# -- connections --------------------------------------------------------------------------
+
+
+def default_max_connections() -> int:
+    """Half the process's file descriptors (at least 64): the rest stays for the store,
+    the provider connections and the control socket, whatever HTTP clients do."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, soft // 2)
+
+
+class ConnectionGuard:
+    """Keeps HTTP connections from exhausting the daemon (slowloris, connection floods).
+
+    aiohttp has no timeout for the headers of a request (its keep-alive timer, an hour by
+    default, is the only bound) and no cap on connections: a client that opens sockets
+    and dribbles header bytes holds a file descriptor each until the process runs out,
+    and then the store, the provider calls and the control socket fail with it. So:
+
+    - a new connection that has not sent a whole request head within `header_timeout`
+      seconds is closed (later requests on a kept-alive connection are bounded by
+      aiohttp's `keepalive_timeout`, see `make_runner`);
+    - at most `max_connections` are open: one more closes the longest-open connection
+      with no request in progress (a slowloris socket, or an idle keep-alive one), so a
+      flood cannot lock well-behaved clients out; only when every connection is mid-request
+      is the newcomer closed instead.
+    """
+
+    def __init__(self, max_connections: int | None = None, header_timeout: float = HEADER_TIMEOUT):
+        self.max_connections = max_connections or default_max_connections()
+        self.header_timeout = header_timeout
+        self.evicted = 0  # connections closed to make room
+        self.timed_out = 0  # connections closed for not sending a request in time
+        self._open: dict[web.RequestHandler, asyncio.TimerHandle | None] = {}  # oldest first
+        self._busy: set[web.RequestHandler] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def busy_connections(self) -> int:
+        """Connections with a request in progress."""
+        return len(self._busy)
+
+    def opened(self, conn: web.RequestHandler) -> None:
+        loop = asyncio.get_running_loop()
+        self._open[conn] = loop.call_later(self.header_timeout, self._expire, conn)
+        while len(self._open) > self.max_connections:
+            victim = next((c for c in self._open if c not in self._busy and c is not conn), conn)
+            self._close(victim)
+            self.evicted += 1
+            if victim is conn:
+                logger.warning("event=connection_refused open=%d busy=all", len(self._open))
+                return
+
+    def closed(self, conn: web.RequestHandler) -> None:
+        timer = self._open.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, conn: web.RequestHandler) -> None:
+        if conn in self._open and conn not in self._busy:
+            self.timed_out += 1
+            self._close(conn)
+
+    def _close(self, conn: web.RequestHandler) -> None:
+        self.closed(conn)
+        conn.force_close()
+
+    @web.middleware
+    async def middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Mark the connection busy while its request runs; it has met the header deadline."""
+        conn = request.protocol
+        timer = self._open.get(conn)
+        if timer is not None:
+            timer.cancel()
+            self._open[conn] = None
+        self._busy.add(conn)
+        try:
+            return await handler(request)
+        finally:
+            self._busy.discard(conn)
+
+
+GUARD = web.AppKey("connection_guard", ConnectionGuard)
+
+
+class _ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering unparseable HTTP with problem+json too."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if already sent
+        if status == 500:
+            problem = Problem(
+                500,
+                "internal_error",
+                "Internal error",
+                "dispatchd hit an unexpected error; it has been logged.",
+            )
+        else:
+            # aiohttp's message starts with a one-line reason ("Invalid method encountered:").
+            reason = (message or "").strip().splitlines()[:1]
+            because = f" ({reason[0].rstrip(':')[:200]})" if reason else ""
+            problem = Problem(
+                status,
+                "malformed_request" if status == 400 else f"http_{status}",
+                "Malformed request" if status == 400 else HTTPStatus(status).phrase,
+                f"The request is not valid HTTP/1.1{because}.",
+            )
+        response = problem.response()
+        response.force_close()
+        return response
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server, reporting connections to a ConnectionGuard."""
+
+    def __init__(self, guard: ConnectionGuard, plain: web.Server, **kwargs: Any) -> None:
+        super().__init__(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            **kwargs,
+        )
+        self._guard = guard
+        self._handler_kwargs = kwargs
+
+    def __call__(self) -> web.RequestHandler:
+        return _ProblemRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._guard.opened(handler)
+
+    def connection_lost(
+        self, handler: web.RequestHandler, exc: BaseException | None = None
+    ) -> None:
+        self._guard.closed(handler)
+        super().connection_lost(handler, exc)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner whose server enforces the app's ConnectionGuard."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, handle_signals=False, **kwargs)
+        self._handler_kwargs = kwargs
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in this (private) hook, after the app's startup; the
+        # only public per-connection hooks are the Server's connection_made/lost, so keep
+        # aiohttp's server and rebuild it as the subclass that reports to the guard.
+        plain = await super()._make_server()
+        return _GuardedServer(self.app[GUARD], plain, **self._handler_kwargs)
+
+
+def make_runner(
+    app: web.Application,
+    *,
+    max_connections: int | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> web.AppRunner:
+    """The runner to serve `make_app`'s app with: connection guard on, no access log."""
+    guard = app[GUARD]
+    guard.max_connections = max_connections or guard.max_connections
+    guard.header_timeout = header_timeout
+    return GuardedAppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout,
+        # Compressed bodies are refused (415), so never inflate one on the way in.
+        auto_decompress=False,
+    )
+
+
 def make_app(deps: WebDeps) -> web.Application:
     """The dispatchd HTTP API."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY)
+    guard = ConnectionGuard()
+    app = web.Application(
+        middlewares=[guard.middleware, problem_middleware], client_max_size=MAX_BODY
+    )
     app[DEPS] = deps
+    app[GUARD] = guard
     r = app.router
     r.add_post("/messages", post_message)
     r.add_get("/messages", list_messages)
     r.add_post("/messages/delivery_status", seed_delivery_status)
-    r.add_get("/messages/{id}", get_message)
+    # Not `delivery_status`: that URL is the seed-compatible report route, POST only, and
+    # matching it here made a GET answer 404 and its 405 advertise GET in `Allow`.
+    r.add_get("/messages/{id:(?!delivery_status$)[^/]+}", get_message)
     r.add_post("/messages/{id}/delivery_status", delivery_status)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from dispatchd import retry, routing
 from dispatchd.config import ProviderConfig
 from dispatchd.errors import ProviderUnavailable, StoreError
+from dispatchd.events import EventBus
+from dispatchd.health import HealthRegistry
 from dispatchd.models import Attempt, ErrorCode, Outcome, Status
 from dispatchd.providers import Accepted, ProviderClient
 from dispatchd.store import Claimed, Store
@@ -43,11 +45,15 @@ class Worker:
         is_suppressed: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        health: HealthRegistry | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._store = store
         self._client = client
         self._providers = {p.name: p for p in providers}
-        self._candidates = [routing.Candidate(p.name, p.weight) for p in providers]
+        # Routing reads candidates from here on every attempt, so operator changes apply at once.
+        self._health = health or HealthRegistry(providers, clock=clock)
+        self._events = events or EventBus(clock=clock)
         self._settings = settings
         self._callback_url = callback_url
         self._is_suppressed = is_suppressed
@@ -83,11 +89,14 @@ class Worker:
                     self._start(item)
                 if free > 0 and len(claimed) == min(free, MAX_CLAIM):
                     continue  # there may be more due right now
-                await self._sleep_until_due(busy=free <= 0)
+                # With every provider paused nothing is claimed: wait for a wake (resume).
+                await self._sleep_until_due(busy=free <= 0 or not self._health.routable())
         finally:
             self.running = False
 
     async def _claim(self, free: int) -> list[Claimed]:
+        if not self._health.routable():
+            return []  # messages wait, unharmed, until a provider is resumed
         try:
             return await self._store.claim(
                 self._clock(), min(free, MAX_CLAIM), self._settings.lease
@@ -165,6 +174,7 @@ class Worker:
                 now,
             )
             logger.info("event=expired id=%s", item.id)
+            self._publish("expired", item, code=ErrorCode.EXPIRED.value)
             return
         if self._is_suppressed(item.to_number):
             await self._store.finish_unsent(
@@ -175,20 +185,38 @@ class Worker:
                 (),
                 now,
             )
+            self._publish("invalid", item, code=ErrorCode.NUMBER_SUPPRESSED.value)
             return
         attempts: list[Attempt] = []
         errors: list[str] = []
         unavailable = False
         callback_url = self._callback_url(item.id)
-        for name in routing.plan(self._candidates, self._rng):
-            provider = self._providers[name]
-            call = await self._client.send(
-                provider,
-                to_number=item.to_number,
-                message=item.body,
-                callback_url=callback_url,
+        plan = routing.plan(self._health.candidates(), self._rng)
+        if not plan:
+            # Every provider was paused between the claim and now: queue it again untouched.
+            await self._store.requeue(
+                item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, "every provider is paused", (), now
             )
+            return
+        for index, name in enumerate(plan):
+            provider = self._providers[name]
+            self._health.call_started(name)
+            try:
+                call = await self._client.send(
+                    provider,
+                    to_number=item.to_number,
+                    message=item.body,
+                    callback_url=callback_url,
+                )
+            finally:
+                self._health.call_ended(name)
             result = call.result
+            self._health.record(
+                name,
+                ok=isinstance(result, Accepted),
+                latency_ms=call.latency_ms,
+                error=None if isinstance(result, Accepted) else result.message,
+            )
             if isinstance(result, Accepted):
                 attempts.append(
                     Attempt(
@@ -204,6 +232,9 @@ class Worker:
                     name,
                     call.latency_ms,
                     item.attempt,
+                )
+                self._publish(
+                    "sent", item, provider=name, attempt=item.attempt, latency_ms=call.latency_ms
                 )
                 return
             failed_over = isinstance(result, ProviderUnavailable)
@@ -227,6 +258,10 @@ class Worker:
                 outcome,
                 result.message,
             )
+            if index + 1 < len(plan):
+                self._publish(
+                    "failover", item, provider=name, to=plan[index + 1], error=result.message
+                )
         await self._give_up_or_retry(item, attempts, errors, all_rejected=not unavailable)
 
     async def _give_up_or_retry(
@@ -253,9 +288,16 @@ class Worker:
                 item.attempt,
                 decision.at - now,
             )
+            self._publish(
+                "retry_scheduled", item, attempt=item.attempt, in_s=round(decision.at - now, 3)
+            )
             return
         status = Status.EXPIRED if decision.code is ErrorCode.EXPIRED else Status.FAILED
         await self._store.finish_unsent(
             item.id, status, decision.code, f"{decision.detail} ({summary})", attempts, now
         )
         logger.info("event=%s id=%s code=%s", status, item.id, decision.code)
+        self._publish(status.value, item, code=decision.code.value, error=summary)
+
+    def _publish(self, kind: str, item: Claimed, **fields: object) -> None:
+        self._events.publish(kind, {"id": item.id, "number": item.to_number, **fields})

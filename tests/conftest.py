@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,11 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     for daemon in reversed(started):
         if daemon.store is not None and not daemon.store.closed:
             await daemon.stop(grace=1.0)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory with a short path, for unix sockets (their paths are capped at ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="dd-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,234 @@
+"""The console driven by Pilot, against a real in-process daemon (simulated providers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from textual.widgets import Input
+
+from dispatchd.console.client import ControlClient
+from dispatchd.console.screens import ConfirmScreen, MessageScreen
+from dispatchd.console.widgets import LogEntry, ProviderTable, TrafficLog
+from dispatchd.daemon import Daemon
+from tests.conftest import DaemonFactory, wait_for
+from tests.console.fakes import MESSAGE, RecordedControl, RecordingApp, msg_id
+
+NUMBER = "+17034573322"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def socket_path(short_tmp: Path) -> Path:
+    return short_tmp / "c.sock"
+
+
+def console(path: Path) -> RecordingApp:
+    return RecordingApp(ControlClient(path), socket_label=str(path), reconnect_delay=(0.02, 0.1))
+
+
+async def send(http: aiohttp.ClientSession, d: Daemon, number: str = NUMBER) -> str:
+    url = f"http://127.0.0.1:{d.port}/messages"
+    async with http.post(url, json={"to_number": number, "message": "hi"}) as resp:
+        assert resp.status == 202
+        return str((await resp.json())["id"])
+
+
+def log_of(app: RecordingApp) -> TrafficLog:
+    return app.main.query_one(TrafficLog)
+
+
+def entries(app: RecordingApp, kind: str, msg: str | None = None) -> list[LogEntry]:
+    return [e for e in log_of(app).entries if e.type == kind and msg in (None, e.msg_id)]
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    await wait_for(predicate, within=within, what=what)
+
+
+# -- against the real daemon ---------------------------------------------------------------
+
+
+async def test_health_table_and_live_log(
+    start_daemon: DaemonFactory, socket_path: Path, http: aiohttp.ClientSession
+) -> None:
+    d = await start_daemon(control={"socket": str(socket_path)})
+    app = console(socket_path)
+    async with app.run_test(size=(100, 30)):
+        await until(lambda: app.main.connected, "the console to attach")
+        table = app.main.query_one(ProviderTable)
+        assert table.row_count == 2
+        assert [str(k.value) for k in table.rows] == ["provider1", "provider2"]
+        msg = await send(http, d)
+        await until(lambda: bool(entries(app, "accepted", msg)), "the accepted event")
+        await until(lambda: bool(entries(app, "delivered", msg)), "the delivered event")
+        assert entries(app, "accepted", msg)[0].number == NUMBER
+        sent_by = entries(app, "sent", msg)[0].provider
+        assert entries(app, "delivered", msg)[0].provider == sent_by  # filled in by the console
+        assert f"{entries(app, 'delivered', msg)[0].key}" in log_of(app).shown
+
+
+async def test_pausing_a_provider_sends_the_next_messages_to_the_other(
+    start_daemon: DaemonFactory, socket_path: Path, http: aiohttp.ClientSession
+) -> None:
+    d = await start_daemon(control={"socket": str(socket_path)})
+    app = console(socket_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: app.main.connected, "the console to attach")
+        await pilot.press("2", "p")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(lambda: app.main.providers["provider2"]["paused"], "provider2 shown paused")
+        assert d.health.get("provider2").paused
+        await until(lambda: bool(entries(app, "provider_paused")), "the paused event")
+        ids = [await send(http, d) for _ in range(6)]
+        await until(lambda: all(entries(app, "sent", i) for i in ids), "six sends")
+        assert {entries(app, "sent", i)[0].provider for i in ids} == {"provider1"}
+        await pilot.press("p")  # resuming asks nothing
+        await until(lambda: not d.health.get("provider2").paused, "provider2 to be resumed")
+        assert ("provider2 resumed", "", "information") in app.notes
+
+
+async def test_retrying_a_failed_message_from_its_screen(
+    start_daemon: DaemonFactory, socket_path: Path, http: aiohttp.ClientSession
+) -> None:
+    d = await start_daemon(
+        control={"socket": str(socket_path)},
+        delivery={"max_attempts": 1},
+        simulator={"failure_rate": 1.0},
+    )
+    app = console(socket_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: app.main.connected, "the console to attach")
+        failed = await send(http, d)
+        await until(lambda: bool(entries(app, "failed", failed)), "the failed event")
+        d.simulator.settings = d.simulator.settings.model_copy(update={"failure_rate": 0.0})
+        await pilot.press("f")
+        app.screen.query_one(Input).value = failed
+        await pilot.press("enter")
+        await until(lambda: isinstance(app.screen, MessageScreen), "the message screen")
+        screen = app.screen
+        assert isinstance(screen, MessageScreen)
+        await until(lambda: screen.message is not None, "the message to load")
+        assert screen.message is not None and screen.message["status"] == "failed"
+        await pilot.press("r")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+
+        def retried() -> list[LogEntry]:
+            return [e for e in entries(app, "accepted") if f"retry of {failed}" in e.detail]
+
+        await until(lambda: bool(retried()), "the retry to be accepted")
+        new_id = retried()[0].msg_id
+        await until(lambda: bool(entries(app, "delivered", new_id)), "the retry delivered")
+        # The open screen follows its message: it now shows the operator's note.
+        await until(
+            lambda: "retried by the operator" in str(screen.message and screen.message["history"]),
+            "the message screen to refresh",
+        )
+
+
+async def test_reconnects_by_itself_when_the_daemon_restarts(
+    start_daemon: DaemonFactory, socket_path: Path
+) -> None:
+    app = console(socket_path)
+    async with app.run_test(size=(100, 30)):
+        # Started before the daemon: it says so and keeps trying.
+        await until(lambda: "no daemon" in app.main.lost_reason, "the console to say it is down")
+        assert not app.main.connected
+        first = await start_daemon(control={"socket": str(socket_path)})
+        await until(lambda: app.main.connected, "the console to attach")
+        instance = app.main.instance
+        await first.stop(grace=0.5)
+        await until(lambda: not app.main.connected, "the console to notice the stop")
+        assert any(title == "Daemon disconnected" for _, title, _ in app.notes)
+        await start_daemon(config=first.config)
+        await until(lambda: app.main.connected, "the console to reattach")
+        assert app.main.instance != instance
+        assert entries(app, "restart"), "the log marks the restart"
+
+
+async def test_the_daemons_refusals_are_notifications(
+    start_daemon: DaemonFactory, socket_path: Path
+) -> None:
+    await start_daemon(control={"socket": str(socket_path)})
+    app = console(socket_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: app.main.connected, "the console to attach")
+        await pilot.press("1", "w")
+        app.screen.query_one(Input).value = "-3"
+        await pilot.press("enter")
+        await until(lambda: any("bad_weight" in t for _, t, _ in app.notes), "the refusal")
+        message, _, severity = next(n for n in app.notes if "bad_weight" in n[1])
+        assert severity == "error" and "not -3" in message
+        await pilot.press("f")
+        app.screen.query_one(Input).value = msg_id(0)
+        await pilot.press("enter")
+        await until(lambda: any("No message" in m for m, _, _ in app.notes), "a not-found notice")
+
+
+# -- against a recorded daemon: the UI's own mechanics ----------------------------------------
+
+
+async def test_filter_hold_and_enter_on_a_recorded_stream() -> None:
+    control = RecordedControl()
+    app = RecordingApp(control, socket_label="s")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: log_of(app).row_count == 12, "the recorded events")
+        await pilot.press("slash")
+        await pilot.press(*"provider2", "enter")
+        shown = [e for e in log_of(app).entries if e.key in log_of(app).shown]
+        assert shown and all("provider2" in (e.provider + e.detail) for e in shown)
+        await pilot.press("escape")
+        assert log_of(app).row_count == 12
+        await pilot.press("space")  # hold
+        for seq in (13, 14):
+            payload = {"id": msg_id(9), "number": "+17034573329", "provider": "provider1"}
+            control.feed.put_nowait({"seq": seq, "at": 0.0, "type": "sent", "payload": payload})
+        await until(lambda: log_of(app).held == 2, "two held events")
+        assert log_of(app).row_count == 12
+        await pilot.press("space")  # follow again: nothing was lost
+        assert log_of(app).row_count == 14 and log_of(app).held == 0
+        log_of(app).focus()
+        log_of(app).move_cursor(row=4)  # the `sent` of message 2
+        await pilot.press("enter")
+        await until(lambda: isinstance(app.screen, MessageScreen), "the message screen")
+        assert app.screen.msg_id == MESSAGE["id"]  # type: ignore[attr-defined]
+
+
+async def test_dropped_events_are_counted_in_the_status_bar() -> None:
+    control = RecordedControl()
+    app = RecordingApp(control, socket_label="s")
+    async with app.run_test(size=(100, 30)):
+        await until(lambda: app.main.connected, "the recorded snapshot")
+        control.feed.put_nowait({"type": "dropped", "seq": None, "payload": {"count": 37}})
+        await until(lambda: app.main.dropped == 37, "the drop count")
+        assert "dropped 37" in str(app.main.query_one("#status").render())
+
+
+async def test_commands_go_to_the_daemon_with_confirmation(pilot_app: Any) -> None:
+    app, control, pilot = pilot_app
+    await pilot.press("1", "p", "n")  # declined: nothing sent
+    await pilot.press("2", "p")  # provider2 is paused in the recording: resume asks nothing
+    await pilot.press("u")
+    app.screen.query_one(Input).value = "+17034570000"
+    await pilot.press("enter", "y")
+    await until(lambda: len(control.commands) == 2, "two commands")
+    assert control.commands == [("resume", "provider2"), ("lift", "+17034570000")]
+
+
+@pytest.fixture
+async def pilot_app() -> AsyncIterator[tuple[RecordingApp, RecordedControl, Any]]:
+    control = RecordedControl()
+    app = RecordingApp(control, socket_label="s")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: app.main.connected, "the recorded snapshot")
+        yield app, control, pilot
