@@ -22,7 +22,7 @@ from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
 from dispatchd.simulator import SimulatorState, make_simulator_app
 from dispatchd.store import Store
-from dispatchd.web import WebDeps, make_app
+from dispatchd.web import WebDeps, make_app, make_runner
 from dispatchd.worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Daemon:
         app = make_app(WebDeps(service, d.default_region, self._not_ready_reason))
         if cfg.simulator.enabled:
             app.add_subapp("/simulator/", make_simulator_app(self.simulator))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = make_runner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port)
         await site.start()
