@@ -10,7 +10,12 @@ Shifting: between healthy and open, a provider that errors or is slow loses a
 `shift_step` share of its weight per `shift_interval`, down to `1 - max_shift`
 of it, and earns it back at the same pace once it behaves, so traffic moves
 away gradually and returns gradually instead of flapping (GOV.UK Notify adjusts
-provider priorities the same way).
+provider priorities the same way). "Errors" means at least a fifth of
+`error_rate` of the calls in the window failed; "slow" means the 95th
+percentile of successful answers is at least `slow_ms`.
+
+Outcomes are counted in `WINDOW_SLICES` time slices with running totals, so
+recording a call and every decision above cost O(1) whatever the call rate.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+
+# Resolution of the sliding window: a call leaves it between `window` and
+# `window * (1 + 1/WINDOW_SLICES)` seconds after it was made.
+WINDOW_SLICES = 30
+# Share of successful answers at or above `slow_ms` that makes the p95 slow.
+SLOW_SHARE = 0.05
 
 
 class BreakerState(enum.StrEnum):
@@ -50,6 +61,57 @@ class Transition:
     reason: str
 
 
+class _Slice:
+    __slots__ = ("calls", "failed", "ok", "slot", "slow")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.calls = self.failed = self.ok = self.slow = 0
+
+
+class Window:
+    """Calls, failures and slow answers of the last `seconds`, as running totals."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._width = seconds / WINDOW_SLICES
+        self._slices: deque[_Slice] = deque()
+        self.calls = self.failed = self.ok = self.slow = 0
+
+    def add(self, now: float, *, ok: bool, slow: bool) -> None:
+        self.trim(now)
+        slot = int(now // self._width)
+        # A clock that stepped back counts into the newest slice rather than reordering.
+        if not self._slices or slot > self._slices[-1].slot:
+            self._slices.append(_Slice(slot))
+        last = self._slices[-1]
+        last.calls += 1
+        self.calls += 1
+        if ok:
+            last.ok += 1
+            self.ok += 1
+            if slow:
+                last.slow += 1
+                self.slow += 1
+        else:
+            last.failed += 1
+            self.failed += 1
+
+    def trim(self, now: float) -> None:
+        """Forget slices that ended more than `seconds` ago."""
+        horizon = now - self.seconds
+        while self._slices and (self._slices[0].slot + 1) * self._width <= horizon:
+            old = self._slices.popleft()
+            self.calls -= old.calls
+            self.failed -= old.failed
+            self.ok -= old.ok
+            self.slow -= old.slow
+
+    def clear(self) -> None:
+        self._slices.clear()
+        self.calls = self.failed = self.ok = self.slow = 0
+
+
 class Breaker:
     """Circuit breaker plus weight shift for one provider."""
 
@@ -57,12 +119,14 @@ class Breaker:
         self.settings = settings
         self.state = BreakerState.CLOSED
         self.opened_at: float | None = None
+        self.reason = ""  # why the breaker is in its state (empty while never tripped)
         self.consecutive_failures = 0
         self.probes_in_flight = 0
         self.probe_successes = 0
         self.shift = 0.0  # share of the weight taken away, 0..max_shift
+        self.shift_reason = ""
         self._last_shift_at = now
-        self._calls: deque[tuple[float, bool, float]] = deque()  # (at, ok, latency_ms)
+        self._window = Window(settings.window)
 
     # -- routing questions -----------------------------------------------------------------
 
@@ -71,6 +135,14 @@ class Breaker:
         if self.state is BreakerState.OPEN:
             return self._cooled_down(now)
         return True
+
+    def admits(self, now: float) -> bool:
+        """Would `acquire` say yes now? (Read-only: no state changes.)"""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and not self._cooled_down(now):
+            return False
+        return self.probes_in_flight < 1
 
     def acquire(self, now: float) -> tuple[bool, Transition | None]:
         """Claim the right to make one call now; half-open allows one probe at a time."""
@@ -85,6 +157,11 @@ class Breaker:
             self.probes_in_flight += 1
         return True, change
 
+    def release(self, *, probe: bool) -> None:
+        """A call admitted by `acquire` ended without an outcome (cancelled): free its slot."""
+        if probe and self.state is BreakerState.HALF_OPEN and self.probes_in_flight > 0:
+            self.probes_in_flight -= 1
+
     def weight_factor(self) -> float:
         return 1.0 - self.shift
 
@@ -96,59 +173,76 @@ class Breaker:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def record(self, now: float, *, ok: bool, latency_ms: float) -> list[Transition]:
-        """Count one transport outcome (a 4xx rejection is not a failure of the provider)."""
+    def record(
+        self, now: float, *, ok: bool, latency_ms: float, probe: bool | None = None
+    ) -> list[Transition]:
+        """Count one transport outcome (a 4xx rejection is not a failure of the provider).
+
+        `probe` says whether `acquire` admitted this call as a half-open probe; when
+        None it is taken to be one if the breaker is half-open with a probe out. In
+        half-open only probes move the breaker: a call admitted before it opened and
+        answering late says nothing about the provider now.
+        """
         s = self.settings
-        self._calls.append((now, ok, latency_ms))
-        self._trim(now)
+        self._window.add(now, ok=ok, slow=latency_ms >= s.slow_ms)
+        if probe is None:
+            probe = self.state is BreakerState.HALF_OPEN and self.probes_in_flight > 0
         changes: list[Transition] = []
-        was_probe = self.state is BreakerState.HALF_OPEN and self.probes_in_flight > 0
-        if was_probe:
-            self.probes_in_flight -= 1
         if ok:
             self.consecutive_failures = 0
-            if was_probe:
-                self.probe_successes += 1
-                if self.probe_successes >= s.probes:
-                    changes.append(self._move(BreakerState.CLOSED, f"{s.probes} probes succeeded"))
         else:
             self.consecutive_failures += 1
-            if self.state is BreakerState.HALF_OPEN:
-                changes.append(self._open(now, "a probe failed"))
-            elif self.state is BreakerState.CLOSED:
-                reason = self._trip_reason()
-                if reason:
-                    changes.append(self._open(now, reason))
+        if self.state is BreakerState.HALF_OPEN:
+            if probe:
+                self.probes_in_flight = max(0, self.probes_in_flight - 1)
+                changes += self._probed(now, ok=ok)
+        elif self.state is BreakerState.CLOSED and not ok:
+            reason = self._trip_reason()
+            if reason:
+                changes.append(self._open(now, reason))
         shifted = self._adjust_shift(now)
         if shifted:
             changes.append(shifted)
         return changes
 
     def tick(self, now: float) -> list[Transition]:
-        """Let time pass: decays the weight shift while the provider gets no failing traffic."""
-        self._trim(now)
+        """Let time pass: half-opens a cooled-down breaker and decays the weight shift."""
+        changes: list[Transition] = []
+        if self.state is BreakerState.OPEN and self._cooled_down(now):
+            changes.append(self._move(BreakerState.HALF_OPEN, "cooldown over; probing"))
+        self._window.trim(now)
         shifted = self._adjust_shift(now)
-        return [shifted] if shifted else []
+        if shifted:
+            changes.append(shifted)
+        return changes
+
+    def reconfigure(self, settings: BreakerSettings) -> None:
+        """Apply new settings, keeping the state (a changed window starts empty)."""
+        if settings.window != self.settings.window:
+            self._window = Window(settings.window)
+        self.settings = settings
+        self.shift = min(self.shift, settings.max_shift)
 
     # -- internals -------------------------------------------------------------------------
 
+    def _probed(self, now: float, *, ok: bool) -> list[Transition]:
+        if not ok:
+            return [self._open(now, "a probe failed")]
+        self.probe_successes += 1
+        if self.probe_successes >= self.settings.probes:
+            return [self._move(BreakerState.CLOSED, f"{self.settings.probes} probes succeeded")]
+        return []
+
     def _cooled_down(self, now: float) -> bool:
         return self.opened_at is not None and now >= self.opened_at + self.settings.cooldown
-
-    def _trim(self, now: float) -> None:
-        horizon = now - self.settings.window
-        while self._calls and self._calls[0][0] < horizon:
-            self._calls.popleft()
 
     def _trip_reason(self) -> str | None:
         s = self.settings
         if self.consecutive_failures >= s.failure_threshold:
             return f"{self.consecutive_failures} failures in a row"
-        calls = len(self._calls)
-        if calls >= s.min_calls:
-            failed = sum(1 for _, ok, _ in self._calls if not ok)
-            if failed / calls >= s.error_rate:
-                return f"error rate {failed / calls:.0%} over {calls} calls"
+        w = self._window
+        if w.calls >= s.min_calls and w.failed / w.calls >= s.error_rate:
+            return f"error rate {w.failed / w.calls:.0%} over {w.calls} calls"
         return None
 
     def _open(self, now: float, reason: str) -> Transition:
@@ -158,41 +252,38 @@ class Breaker:
     def _move(self, state: BreakerState, reason: str) -> Transition:
         before = self.state
         self.state = state
+        self.reason = reason
         self.probes_in_flight = 0
         self.probe_successes = 0
         if state is BreakerState.CLOSED:
             self.consecutive_failures = 0
-            self._calls.clear()  # a fresh start: old failures must not re-trip it
+            self._window.clear()  # a fresh start: old failures must not re-trip it
         return Transition("breaker", before.value, state.value, reason)
 
     def _misbehaving(self) -> str | None:
-        if not self._calls:
-            return None
+        w = self._window
         s = self.settings
-        failed = sum(1 for _, ok, _ in self._calls if not ok)
-        if failed and failed / len(self._calls) >= s.error_rate / 5:
-            return f"{failed} of {len(self._calls)} recent calls failed"
-        latencies = sorted(lat for _, ok, lat in self._calls if ok)
-        if latencies:
-            p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
-            if p95 >= s.slow_ms:
-                return f"p95 latency {p95:.0f} ms"
+        if w.failed and w.failed >= w.calls * s.error_rate / 5:
+            return f"{w.failed} of {w.calls} recent calls failed"
+        if w.slow and w.slow >= w.ok * SLOW_SHARE:
+            return f"{w.slow} of {w.ok} recent answers took {s.slow_ms:.0f} ms or more"
         return None
 
     def _adjust_shift(self, now: float) -> Transition | None:
         s = self.settings
         if now - self._last_shift_at < s.shift_interval:
             return None
+        self._last_shift_at = now
         before = self.shift
         reason = self._misbehaving()
         if reason:
             self.shift = min(s.max_shift, self.shift + s.shift_step)
         else:
             self.shift = max(0.0, self.shift - s.shift_step)
-            reason = "behaving again" if before > 0 else ""
-        self._last_shift_at = now
+            reason = "behaving again"
+        if self.shift < 1e-9:
+            self.shift = 0.0  # no float dust: back to exactly the configured weight
         if abs(self.shift - before) < 1e-9:
             return None
-        return Transition(
-            "weight", f"{1 - before:.0%}", f"{1 - self.shift:.0%}", reason or "recovering"
-        )
+        self.shift_reason = reason
+        return Transition("weight", f"{1 - before:.0%}", f"{1 - self.shift:.0%}", reason)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dispatchd import config as config_mod
+from dispatchd import logs
 from dispatchd.errors import ConfigError, ControlSocketError, StoreError
 
 # sysexits.h: EX_CONFIG tells systemd and scripts the config, not the code, is wrong.
@@ -17,12 +17,8 @@ EXIT_CONFIG = 78
 EXIT_UNAVAILABLE = 69
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    logs.setup(level, fmt)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     config_help = "config file (default $DISPATCHD_CONFIG or ./dispatchd.toml)"
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help=config_help)
+
+    unit = sub.add_parser("systemd-unit", help="print a systemd service unit for dispatchd")
+    unit.add_argument("--config", help=config_help + "; read for the shutdown grace")
+    unit.add_argument(
+        "--config-file",
+        help="config path the unit runs with (default /etc/dispatchd/dispatchd.toml)",
+    )
 
     sim = sub.add_parser("simulator", help="run the simulated providers as their own process")
     sim.add_argument("--config", help=config_help + "; its [simulator] section is used")
@@ -73,11 +76,11 @@ def _load(path_arg: str | None) -> config_mod.Config:
     return config_mod.load(path, must_exist=path_arg is not None)
 
 
-def _serve(cfg: config_mod.Config) -> int:
+def _serve(cfg: config_mod.Config, path: Path) -> int:
     from dispatchd.daemon import serve
 
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, path))
     except (StoreError, ControlSocketError) as exc:
         print(f"dispatchd: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -163,9 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "console":
         return _console(cfg.control_socket)
-    _setup_logging(cfg.log.level)
+    _setup_logging(cfg.log.level, cfg.log.format)
     if args.command == "serve":
-        return _serve(cfg)
+        return _serve(cfg, config_mod.config_path(args.config))
+    if args.command == "systemd-unit":
+        from dispatchd.systemd import unit_file
+
+        config_file = args.config_file or "/etc/dispatchd/dispatchd.toml"
+        # systemd waits the drain time plus a margin before it sends SIGKILL.
+        print(unit_file(config=config_file, stop_timeout=cfg.server.shutdown_grace + 10), end="")
+        return 0
     if args.command == "simulator":
         return _simulator(cfg, args)
     return 2

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dispatchd.breaker import BreakerSettings
 from dispatchd.errors import ConfigError
 from dispatchd.numbers import valid_region
 
@@ -36,6 +37,8 @@ class ServerConfig(_Section):
     """TCP port of the HTTP API (0 picks a free one)."""
     public_url: str = "http://127.0.0.1:8080"
     """Base URL providers call back on; delivery reports go to `{public_url}/messages/...`."""
+    shutdown_grace: float = Field(10.0, ge=0, le=3600)
+    """Seconds in-flight provider calls may take to finish after SIGTERM/SIGINT."""
 
     _check_url = field_validator("public_url")(_http_url)
 
@@ -134,6 +137,38 @@ class SimulatorConfig(_Section):
         return self
 
 
+class BreakerConfig(_Section):
+    """Per-provider circuit breaker and traffic shifting (see dispatchd/breaker.py)."""
+
+    failure_threshold: int = Field(5, ge=1, le=10_000)
+    """Transport failures in a row (5xx, 408, 429, timeout, connection error) that open the
+    circuit; a 4xx rejection is not the provider's fault and does not count."""
+    error_rate: float = Field(0.5, gt=0, le=1)
+    """Share of failed calls in the window that opens the circuit, once `min_calls` were made;
+    a fifth of it already shifts traffic away."""
+    min_calls: int = Field(20, ge=1, le=1_000_000)
+    """Calls in the window before `error_rate` is judged."""
+    window: float = Field(30.0, gt=0, le=3600)
+    """Seconds of recent calls the error rate and latency are judged over."""
+    cooldown: float = Field(30.0, gt=0, le=3600)
+    """Seconds an open circuit sends nothing before letting probes through (half-open)."""
+    probes: int = Field(3, ge=1, le=1000)
+    """Probe calls, one at a time, that must succeed to close a half-open circuit; one
+    failure opens it again for another cooldown."""
+    slow_ms: float = Field(2000.0, gt=0)
+    """Milliseconds at or above which a 95th-percentile answer time counts as slow."""
+    shift_step: float = Field(0.1, gt=0, le=1)
+    """Share of its weight an erroring or slow provider loses (or a recovered one regains)
+    per `shift_interval`."""
+    shift_interval: float = Field(5.0, gt=0, le=3600)
+    """Seconds between weight-shift steps."""
+    max_shift: float = Field(0.9, ge=0, lt=1)
+    """Largest share of its weight a provider can lose by shifting (0 disables shifting)."""
+
+    def settings(self) -> BreakerSettings:
+        return BreakerSettings(**self.model_dump())
+
+
 class ControlConfig(_Section):
     socket: Path | None = None
     """Unix socket of the operator console (mode 0600); default: the database path with
@@ -144,6 +179,8 @@ class ControlConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level logged; `info` logs one line per message event."""
+    format: Literal["text", "json"] = "text"
+    """`text`: timestamp, level and stable key=value fields; `json`: one JSON object a line."""
 
 
 def _default_providers() -> list[ProviderConfig]:
@@ -171,6 +208,11 @@ class Config(BaseSettings):
     simulator: SimulatorConfig = SimulatorConfig()
     control: ControlConfig = ControlConfig()
     log: LogConfig = LogConfig()
+    breaker: BreakerConfig = BreakerConfig()
+
+    def breaker_settings(self) -> BreakerSettings:
+        """The `[breaker]` section as the breaker state machine takes it."""
+        return self.breaker.settings()
 
     @property
     def control_socket(self) -> Path:

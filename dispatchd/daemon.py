@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from dispatchd import config as config_mod
 from dispatchd.config import Config
 from dispatchd.control import ControlDeps, ControlServer, make_control_app
+from dispatchd.errors import ConfigError, StoreError
 from dispatchd.events import EventBus
 from dispatchd.health import HealthRegistry
 from dispatchd.providers import ProviderClient
@@ -22,6 +27,7 @@ from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
 from dispatchd.simulator import SimulatorState, make_simulator_app
 from dispatchd.store import Store
+from dispatchd.systemd import Notifier
 from dispatchd.web import WebDeps, make_app, make_runner
 from dispatchd.worker import Worker, WorkerSettings
 
@@ -54,6 +60,7 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._store_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.failed = asyncio.Event()
         self._stopped = False
@@ -118,6 +125,7 @@ class Daemon:
         site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._store_watch = asyncio.create_task(self.watch_store(), name="store-watch")
         self._worker_task = asyncio.create_task(worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_ended)
         logger.info(
@@ -137,6 +145,10 @@ class Daemon:
         logger.error("event=worker_died error=%r", task.exception())
         self.failed.set()
 
+    def healthy(self) -> bool:
+        """Whether systemd's watchdog should be fed: delivery is alive."""
+        return self.worker is not None and self.worker.running
+
     def _not_ready_reason(self) -> str | None:
         if self.store is None or not self.store.healthy:
             last = self.store.last_error if self.store else None
@@ -145,6 +157,52 @@ class Daemon:
             return "The delivery worker is not running."
         return None
 
+    async def reload(self, new: Config) -> None:
+        """Apply new provider weights, URLs, timeouts and breaker settings without a restart.
+
+        Raises ConfigError when the change needs a restart (other providers, other sections).
+        """
+        old = self.config
+        if [p.name for p in new.providers] != [p.name for p in old.providers]:
+            raise ConfigError("providers: adding, removing or reordering providers needs a restart")
+        # Only the provider list and the breaker are live; anything else needs a restart.
+        frozen = {"providers", "breaker"}
+        changed = [
+            key
+            for key in type(old).model_fields
+            if key not in frozen and getattr(new, key) != getattr(old, key)
+        ]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: changing these needs a restart")
+        self.health.reconfigure(new.providers, new.breaker_settings())
+        if self.worker is not None:
+            self.worker.update_providers(new.providers)
+        self.config = new
+        logger.info(
+            "event=config_reloaded providers=%s",
+            ",".join(f"{p.name}:{p.weight}/{p.timeout:g}s" for p in new.providers),
+        )
+
+    def status_line(self) -> str:
+        """A short live summary for systemd's STATUS=."""
+        if self.store is not None and not self.store.healthy:
+            return "degraded: the database cannot take writes"
+        in_flight = self.worker.in_flight if self.worker else 0
+        open_circuits = [
+            p["name"] for p in self.health.snapshot() if p["state"] in ("circuit_open", "paused")
+        ]
+        text = f"ready; {in_flight} deliveries in flight"
+        if open_circuits:
+            text += f"; not routing to {', '.join(open_circuits)}"
+        return text
+
+    async def watch_store(self, interval: float = 1.0) -> None:
+        """While the database refuses writes, probe it so it recovers without traffic."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.store is not None and not self.store.healthy and not self.store.closed:
+                await self.store.probe()
+
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, finish in-flight deliveries (up to `grace`), close the store."""
         if self._stopped:
@@ -152,8 +210,14 @@ class Daemon:
         self._stopped = True
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._store_watch is not None:
+            self._store_watch.cancel()
         if self.worker is not None:
-            await self.worker.stop(grace)
+            abandoned = await self.worker.stop(grace)
+            if abandoned and self.store is not None:
+                # Released now, so a restart (or another host) need not wait for the lease.
+                with contextlib.suppress(StoreError):
+                    await self.store.release(abandoned, self._clock(), "released at shutdown")
         if self._worker_task is not None:
             await asyncio.gather(self._worker_task, return_exceptions=True)
         if self.control is not None:
@@ -165,19 +229,56 @@ class Daemon:
         logger.info("event=stopped")
 
 
-async def serve(config: Config) -> int:
-    """Run the daemon until SIGTERM/SIGINT (exit 0) or a fatal internal error (exit 1)."""
+async def serve(config: Config, config_path: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal internal error (exit 1).
+
+    A second SIGTERM/SIGINT exits at once: SQLite's WAL keeps the store consistent
+    and the next start requeues whatever was in flight. SIGHUP reloads the config.
+    """
+    notifier = Notifier()
     daemon = Daemon(config)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            logger.warning("event=forced_exit signal=%s", sig.name)
+            os._exit(1)
+        logger.info("event=stopping signal=%s", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal, sig)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, config_path))
+    background = [
+        asyncio.create_task(
+            notifier.watchdog(daemon.status_line, daemon.healthy), name="systemd-watchdog"
+        ),
+    ]
+    notifier.ready(daemon.status_line())
     stopped = asyncio.create_task(stop.wait(), name="wait-signal")
     failed = asyncio.create_task(daemon.failed.wait(), name="wait-failure")
     await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-    for task in (stopped, failed):
+    for task in (stopped, failed, *background):
         task.cancel()
-    logger.info("event=stopping")
-    await daemon.stop()
+    notifier.stopping()
+    await daemon.stop(grace=daemon.config.server.shutdown_grace)
     return 1 if daemon.failed.is_set() else 0
+
+
+def _reload(daemon: Daemon, path: Path) -> None:
+    """SIGHUP: load the file again; keep the old config if the new one is bad."""
+    try:
+        new = config_mod.load(path, must_exist=True)
+        asyncio.get_running_loop().create_task(_apply(daemon, new), name="config-reload")
+    except ConfigError as exc:
+        logger.error("event=config_reload_rejected error=%r", exc.message)
+
+
+async def _apply(daemon: Daemon, new: Config) -> None:
+    try:
+        await daemon.reload(new)
+    except ConfigError as exc:
+        logger.error("event=config_reload_rejected error=%r", exc.message)

@@ -1,36 +1,52 @@
-"""Run-time provider state: operator overrides plus a sliding window of call outcomes.
+"""Run-time provider state: operator overrides, circuit breakers and a window of call outcomes.
 
-The worker asks `candidates()` before every attempt, so a pause or a weight change
-applies to the next routing decision. Overrides live in memory only: a restart
-goes back to the weights in the configuration, which stays the source of truth.
+The worker asks `candidates()` before every attempt and `acquire()` just before
+every call, so a pause, a weight change or an open circuit applies to the next
+routing decision. Overrides live in memory only: a restart goes back to the
+weights in the configuration, which stays the source of truth; a reload
+(`reconfigure`) applies new configured weights and breaker settings but keeps
+every surviving provider's run-time state.
 
 Call outcomes are kept in one bucket per second for the last `window` seconds,
 each with a bounded sample of latencies, so recording a call is O(1) and a
-snapshot costs the same at 10 or 10,000 calls a second.
+snapshot costs the same at 10 or 10,000 calls a second. Each provider's
+breaker (dispatchd/breaker.py) keeps its own running counts, also O(1) a call.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatchd.breaker import Breaker, BreakerSettings, BreakerState, Transition
 from dispatchd.config import ProviderConfig
 from dispatchd.errors import DispatchdError
+from dispatchd.events import EventBus
 from dispatchd.routing import Candidate
+
+logger = logging.getLogger(__name__)
 
 MAX_WEIGHT = 1_000_000
 LATENCY_SAMPLES_PER_SECOND = 64
+# Weight shifts decay, and cooled-down breakers half-open, at least this often.
+TICK_EVERY = 1.0
+
+BREAKER_EVENTS = {
+    BreakerState.OPEN.value: "breaker_opened",
+    BreakerState.HALF_OPEN.value: "breaker_half_open",
+    BreakerState.CLOSED.value: "breaker_closed",
+}
 
 
 class ProviderState(enum.StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
-    # Reserved for a circuit breaker: see ProviderHealth.state.
     CIRCUIT_OPEN = "circuit_open"
     PAUSED = "paused"
 
@@ -45,6 +61,50 @@ class UnknownProvider(DispatchdError):
 
 class BadWeight(DispatchdError):
     """The weight must be a whole number from 0 to 1000000."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """A breaker transition or weight shift of one provider, to log and publish."""
+
+    provider: str
+    transition: Transition
+    effective_weight: int
+    weight_factor: float
+
+    @property
+    def event(self) -> str:
+        """`breaker_opened`, `breaker_half_open`, `breaker_closed` or `weight_shifted`."""
+        if self.transition.kind == "weight":
+            return "weight_shifted"
+        return BREAKER_EVENTS[self.transition.after]
+
+    def payload(self) -> dict[str, Any]:
+        t = self.transition
+        return {
+            "provider": self.provider,
+            "from": t.before,
+            "to": t.after,
+            "reason": t.reason,
+            "effective_weight": self.effective_weight,
+            "weight_factor": round(self.weight_factor, 3),
+        }
+
+
+def announce(changes: Iterable[HealthChange], bus: EventBus) -> None:
+    """Log each change as one key=value line and publish it for consoles."""
+    for change in changes:
+        t = change.transition
+        logger.info(
+            "event=%s provider=%s from=%s to=%s effective_weight=%d reason=%r",
+            change.event,
+            change.provider,
+            t.before,
+            t.after,
+            change.effective_weight,
+            t.reason,
+        )
+        bus.publish(change.event, change.payload())
 
 
 @dataclass(slots=True)
@@ -73,10 +133,13 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 class ProviderHealth:
-    """One provider's overrides and recent calls."""
+    """One provider's overrides, breaker and recent calls."""
 
-    def __init__(self, config: ProviderConfig, window: float) -> None:
+    def __init__(
+        self, config: ProviderConfig, window: float, breaker: BreakerSettings, now: float
+    ) -> None:
         self.name = config.name
+        self.config = config
         self.configured_weight = config.weight
         self.weight_override: int | None = None
         self.paused = False
@@ -84,17 +147,38 @@ class ProviderHealth:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.consecutive_failures = 0
+        self.breaker = Breaker(breaker, now)
         self._window = window
         self._seconds: deque[_Second] = deque()
 
     @property
     def weight(self) -> int:
-        """The weight routing uses now, before pausing is taken into account."""
+        """The weight routing uses now, before pausing and breaker shifts are applied."""
         return self.configured_weight if self.weight_override is None else self.weight_override
 
     @property
+    def shifted_weight(self) -> int:
+        """The weight after the breaker's shift; never rounded down to failover-only."""
+        weight = self.weight
+        factor = self.breaker.weight_factor()
+        if weight == 0 or factor >= 1.0:
+            return weight
+        return max(1, round(weight * factor))
+
+    @property
     def effective_weight(self) -> int:
-        return 0 if self.paused else self.weight
+        """Share of first picks: the shifted weight, 0 while paused or the circuit is open."""
+        if self.paused or self.breaker.state is BreakerState.OPEN:
+            return 0
+        return self.shifted_weight
+
+    def configure(self, config: ProviderConfig, breaker: BreakerSettings) -> None:
+        """Take a reloaded configuration; run-time state stays."""
+        self.config = config
+        self.configured_weight = config.weight
+        if self.weight_override == config.weight:
+            self.weight_override = None
+        self.breaker.reconfigure(breaker)
 
     def record(self, now: float, *, ok: bool, latency_ms: float, error: str | None) -> None:
         second = int(now)
@@ -130,13 +214,26 @@ class ProviderHealth:
     def state(self, success_rate: float | None, degraded_below: float) -> ProviderState:
         if self.paused:
             return ProviderState.PAUSED
-        # A circuit breaker goes here: when it is open, return CIRCUIT_OPEN and have
-        # HealthRegistry.candidates() leave the provider out, as it does for paused ones.
-        if self.consecutive_failures >= 3:
+        if self.breaker.state is not BreakerState.CLOSED:
+            return ProviderState.CIRCUIT_OPEN
+        if self.breaker.shift > 0 or self.consecutive_failures >= 3:
             return ProviderState.DEGRADED
         if success_rate is not None and success_rate < degraded_below:
             return ProviderState.DEGRADED
         return ProviderState.HEALTHY
+
+    def change(self, transition: Transition) -> HealthChange:
+        return HealthChange(
+            self.name, transition, self.effective_weight, self.breaker.weight_factor()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """The right to make one provider call, from `HealthRegistry.acquire`."""
+
+    provider: ProviderHealth
+    probe: bool  # admitted as a half-open breaker's probe
 
 
 class HealthRegistry:
@@ -147,18 +244,27 @@ class HealthRegistry:
         providers: Sequence[ProviderConfig],
         *,
         clock: Callable[[], float] = time.time,
+        breaker: BreakerSettings | None = None,
         window: float = 60.0,
         degraded_below: float = 0.8,
         min_calls: int = 20,
     ) -> None:
-        self._providers = {p.name: ProviderHealth(p, window) for p in providers}
         self._clock = clock
+        self._window = window
+        self._breaker = breaker or BreakerSettings()
+        now = clock()
+        self._providers = {p.name: ProviderHealth(p, window, self._breaker, now) for p in providers}
         self._degraded_below = degraded_below
         self._min_calls = min_calls
+        self._next_tick = 0.0
 
     @property
     def names(self) -> list[str]:
         return list(self._providers)
+
+    @property
+    def breaker_settings(self) -> BreakerSettings:
+        return self._breaker
 
     def get(self, name: str) -> ProviderHealth:
         try:
@@ -166,25 +272,162 @@ class HealthRegistry:
         except KeyError:
             raise UnknownProvider(name, self.names) from None
 
+    def reconfigure(
+        self, providers: Sequence[ProviderConfig], breaker_settings: BreakerSettings
+    ) -> None:
+        """Apply a reloaded configuration: configured weights, URLs, timeouts, breaker settings.
+
+        Providers that still exist keep their run-time state: pause, operator weight
+        (dropped if it now equals the configured one), in-flight count, call window,
+        breaker state and weight shift. New providers start fresh; removed ones are
+        forgotten, and calls still in flight to them end harmlessly.
+        """
+        now = self._clock()
+        updated: dict[str, ProviderHealth] = {}
+        for config in providers:
+            provider = self._providers.get(config.name)
+            if provider is None:
+                provider = ProviderHealth(config, self._window, breaker_settings, now)
+            else:
+                provider.configure(config, breaker_settings)
+            updated[config.name] = provider
+        added = [n for n in updated if n not in self._providers]
+        removed = [n for n in self._providers if n not in updated]
+        self._providers = updated
+        self._breaker = breaker_settings
+        self._next_tick = 0.0  # a new cooldown may end sooner: re-plan at the next tick
+        logger.info(
+            "event=health_reconfigured providers=%s added=%s removed=%s",
+            ",".join(f"{p.name}:{p.weight}" for p in updated.values()),
+            ",".join(added) or "-",
+            ",".join(removed) or "-",
+        )
+
     # -- routing --------------------------------------------------------------------------
 
     def candidates(self) -> list[Candidate]:
-        """Providers routing may use now, in configuration order, with run-time weights."""
-        return [Candidate(p.name, p.weight) for p in self._providers.values() if not p.paused]
+        """Providers routing may use now, in configuration order, with shifted weights.
+
+        Paused providers, open circuits and half-open ones with their probe out are left out.
+        """
+        now = self._clock()
+        return [
+            Candidate(p.name, p.shifted_weight)
+            for p in self._providers.values()
+            if not p.paused and p.breaker.admits(now)
+        ]
+
+    def capacity(self) -> int | None:
+        """How many calls could start now: None when unlimited (a circuit is closed).
+
+        Otherwise the free probe slots of half-open (or cooled-down) circuits, so the
+        worker claims only as many messages as can actually be tried; 0 means none.
+        """
+        now = self._clock()
+        slots = 0
+        for p in self._providers.values():
+            if p.paused:
+                continue
+            if p.breaker.state is BreakerState.CLOSED:
+                return None
+            if p.breaker.admits(now):
+                slots += 1
+        return slots
 
     def routable(self) -> bool:
         """Whether any provider may be tried; when none may, messages wait in the queue."""
-        return any(not p.paused for p in self._providers.values())
+        return self.capacity() != 0
+
+    def next_change_at(self) -> float | None:
+        """The earliest moment an open circuit lets a probe through."""
+        times = [
+            at for p in self._providers.values() if (at := p.breaker.next_change_at()) is not None
+        ]
+        return min(times) if times else None
+
+    def acquire(self, name: str) -> tuple[Permit | None, list[HealthChange]]:
+        """Ask the provider's breaker for one call now; None when it says no."""
+        provider = self._providers.get(name)
+        if provider is None or provider.paused:
+            return None, []
+        allowed, transition = provider.breaker.acquire(self._clock())
+        changes = [provider.change(transition)] if transition else []
+        if not allowed:
+            return None, changes
+        provider.in_flight += 1
+        probe = provider.breaker.state is BreakerState.HALF_OPEN
+        return Permit(provider, probe), changes
+
+    def release(self, permit: Permit) -> None:
+        """The permitted call ended without an outcome (cancelled): nothing is counted."""
+        permit.provider.in_flight -= 1
+        permit.provider.breaker.release(probe=permit.probe)
+
+    def finish(
+        self,
+        permit: Permit,
+        *,
+        ok: bool,
+        transport_ok: bool,
+        latency_ms: float,
+        error: str | None,
+    ) -> list[HealthChange]:
+        """Count the permitted call's outcome.
+
+        `ok` is acceptance (the window's success rate); `transport_ok` is whether the
+        provider answered at all sensibly: a 4xx rejection is `transport_ok` and does
+        not count against the breaker, a 5xx/408/429, timeout or connection error does.
+        """
+        provider = permit.provider
+        provider.in_flight -= 1
+        now = self._clock()
+        provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
+        transitions = provider.breaker.record(
+            now, ok=transport_ok, latency_ms=latency_ms, probe=permit.probe
+        )
+        if not transitions:
+            return []
+        reopen = provider.breaker.next_change_at()
+        if reopen is not None:
+            self._next_tick = min(self._next_tick, reopen)
+        return [provider.change(t) for t in transitions]
 
     def call_started(self, name: str) -> None:
-        self._providers[name].in_flight += 1
+        if name in self._providers:
+            self._providers[name].in_flight += 1
 
     def call_ended(self, name: str) -> None:
-        self._providers[name].in_flight -= 1
+        if name in self._providers:
+            self._providers[name].in_flight -= 1
 
-    def record(self, name: str, *, ok: bool, latency_ms: float, error: str | None) -> None:
-        """Count one provider call's outcome in the window."""
-        self._providers[name].record(self._clock(), ok=ok, latency_ms=latency_ms, error=error)
+    def record(
+        self,
+        name: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        error: str | None,
+        transport_ok: bool | None = None,
+    ) -> list[HealthChange]:
+        """Count one call's outcome made without a permit (see `finish`)."""
+        provider = self._providers.get(name)
+        if provider is None:
+            return []
+        now = self._clock()
+        provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
+        transport = ok if transport_ok is None else transport_ok
+        transitions = provider.breaker.record(now, ok=transport, latency_ms=latency_ms, probe=False)
+        return [provider.change(t) for t in transitions]
+
+    def tick(self) -> list[HealthChange]:
+        """Let time pass (at most once a `TICK_EVERY`, or when a cooldown ends)."""
+        now = self._clock()
+        if now < self._next_tick:
+            return []
+        changes = [p.change(t) for p in self._providers.values() for t in p.breaker.tick(now)]
+        reopen = self.next_change_at()
+        self._next_tick = min(now + TICK_EVERY, reopen if reopen is not None else math.inf)
+        return changes
 
     # -- operator overrides ---------------------------------------------------------------
 
@@ -227,6 +470,7 @@ class HealthRegistry:
             calls = ok + failed
             rate = ok / calls if calls >= self._min_calls else None
             p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+            breaker = provider.breaker
             out.append(
                 {
                     "name": name,
@@ -235,6 +479,11 @@ class HealthRegistry:
                     "configured_weight": provider.configured_weight,
                     "weight": provider.weight,
                     "effective_weight": provider.effective_weight,
+                    "weight_factor": round(breaker.weight_factor(), 3),
+                    "shift_reason": breaker.shift_reason if breaker.shift > 0 else None,
+                    "breaker": breaker.state.value,
+                    "breaker_reason": breaker.reason or None,
+                    "breaker_until": breaker.next_change_at(),
                     "calls": calls,
                     "share": round(calls / total, 4) if total else 0.0,
                     "success_rate": round(ok / calls, 4) if calls else None,

@@ -136,6 +136,10 @@ UPDATE messages SET status = 'queued', next_attempt_at = :now, lease_until = NUL
 WHERE status = 'sending'
 RETURNING id
 """
+RELEASE_ONE = """
+UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL, updated_at = ?
+WHERE id = ? AND status = 'sending'
+"""
 MARK_SENT = """
 UPDATE messages SET status = 'sent', provider = ?, provider_message_id = ?, lease_until = NULL,
     error_code = NULL, error_detail = NULL, updated_at = ?
@@ -184,6 +188,11 @@ LIST_MESSAGES = {
     "AND id < ? ORDER BY id DESC LIMIT ?",
 }
 COUNT_BY_STATUS = "SELECT status, count(*) FROM messages GROUP BY status"
+# Allocates a fresh page and commits it, as an insert would: succeeds only with space to write.
+PROBE_WRITE = (
+    "INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', hex(randomblob(2048)))"
+)
+PROBE_UNDO = "DELETE FROM meta WHERE key = 'write_probe'"
 GET_META = "SELECT value FROM meta WHERE key = ?"
 PUT_META = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)"
 
@@ -433,6 +442,7 @@ class Store:
 
     def _transaction(self, ops: list[WriteOp[Any]]) -> list[Any]:
         conn = self._writer
+        changes_before = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -447,10 +457,11 @@ class Store:
                 self._mark_unhealthy(str(exc))
                 raise StoreUnavailable(f"the database cannot take writes: {exc}") from exc
             raise
-        if not self.healthy:
+        # A transaction that wrote nothing (an empty claim) proves nothing about free space.
+        if not self.healthy and conn.total_changes != changes_before:
             logger.info("event=store_recovered")
-        self.healthy = True
-        self.last_error = None
+            self.healthy = True
+            self.last_error = None
         return values
 
     def _mark_unhealthy(self, error: str) -> None:
@@ -460,9 +471,14 @@ class Store:
         self.last_error = error
 
     async def probe(self) -> bool:
-        """Try an empty write transaction; True when the database takes writes again."""
+        """Try a real write (a page's worth, then undone); True when the database takes writes."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(PROBE_WRITE)
+            conn.execute(PROBE_UNDO)
+
         with contextlib.suppress(StoreUnavailable):
-            await self._write(lambda conn: conn.execute("PRAGMA user_version = 1"))
+            await self._write(op)
         return self.healthy
 
     # -- writes ---------------------------------------------------------------------------
@@ -498,6 +514,19 @@ class Store:
                 [(i, Status.QUEUED.value, now, "requeued after restart") for i in ids],
             )
             return len(ids)
+
+        return await self._write(op)
+
+    async def release(self, ids: Sequence[str], at: float, detail: str) -> int:
+        """Give leased messages back to the queue, due at `at`, without waiting for the lease."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            released = 0
+            for msg_id in ids:
+                if conn.execute(RELEASE_ONE, (at, at, msg_id)).rowcount:
+                    conn.execute(INSERT_HISTORY, (msg_id, Status.QUEUED.value, at, detail))
+                    released += 1
+            return released
 
         return await self._write(op)
 

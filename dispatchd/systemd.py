@@ -98,7 +98,7 @@ StateDirectoryMode=0700
 RuntimeDirectory=dispatchd
 RuntimeDirectoryMode=0700
 Environment=DISPATCHD_STORAGE__PATH=/var/lib/dispatchd/dispatchd.db
-Environment=DISPATCHD_CONTROL__SOCKET=/run/dispatchd/dispatchd.sock
+Environment=DISPATCHD_CONTROL__SOCKET=/run/dispatchd/control.sock
 # In-flight provider calls get the shutdown grace; systemd waits a little longer.
 TimeoutStopSec={int(stop_timeout)}
 WatchdogSec={watchdog_sec}

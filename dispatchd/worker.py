@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -13,9 +14,9 @@ from dispatchd import retry, routing
 from dispatchd.config import ProviderConfig
 from dispatchd.errors import ProviderUnavailable, StoreError
 from dispatchd.events import EventBus
-from dispatchd.health import HealthRegistry
+from dispatchd.health import HealthChange, HealthRegistry, Permit, announce
 from dispatchd.models import Attempt, ErrorCode, Outcome, Status
-from dispatchd.providers import Accepted, ProviderClient
+from dispatchd.providers import Accepted, CallResult, ProviderClient
 from dispatchd.store import Claimed, Store
 
 logger = logging.getLogger(__name__)
@@ -83,37 +84,47 @@ class Worker:
             while not self._stopping.is_set():
                 # Cleared before claiming so a wake during the claim is not lost.
                 self._wake.clear()
+                self._announce(self._health.tick())
                 free = self._settings.concurrency - len(self._tasks)
                 claimed = await self._claim(free) if free > 0 else []
                 for item in claimed:
                     self._start(item)
+                if claimed:
+                    # The new deliveries take their probe slots (if any) before capacity is
+                    # asked again, so a half-open circuit is not offered twice.
+                    await asyncio.sleep(0)
                 if free > 0 and len(claimed) == min(free, MAX_CLAIM):
                     continue  # there may be more due right now
-                # With every provider paused nothing is claimed: wait for a wake (resume).
+                # With every provider paused or every circuit open nothing is claimed: wait
+                # for a wake (resume, a probe finishing) or the end of the next cooldown.
                 await self._sleep_until_due(busy=free <= 0 or not self._health.routable())
         finally:
             self.running = False
 
     async def _claim(self, free: int) -> list[Claimed]:
-        if not self._health.routable():
-            return []  # messages wait, unharmed, until a provider is resumed
+        capacity = self._health.capacity()
+        if capacity == 0:
+            return []  # messages wait, unharmed, until a provider is resumed or probed
+        # With only half-open circuits, claim as many (oldest first) as there are probe slots.
+        limit = min(free, MAX_CLAIM) if capacity is None else min(free, MAX_CLAIM, capacity)
         try:
-            return await self._store.claim(
-                self._clock(), min(free, MAX_CLAIM), self._settings.lease
-            )
+            return await self._store.claim(self._clock(), limit, self._settings.lease)
         except StoreError as exc:
             logger.warning("event=claim_failed error=%r", exc.message)
             return []
 
     async def _sleep_until_due(self, *, busy: bool) -> None:
-        timeout: float | None = 1.0  # re-check at least this often, e.g. after store errors
+        timeout = 1.0  # re-check at least this often, e.g. after store errors
         if not busy:
             try:
                 due = await self._store.next_wakeup()
             except StoreError:
                 due = None
             if due is not None:
-                timeout = max(0.0, min(timeout or 1.0, due - self._clock()))
+                timeout = max(0.0, min(timeout, due - self._clock()))
+        cooled = self._health.next_change_at()  # an open circuit will take a probe then
+        if cooled is not None:
+            timeout = max(0.0, min(timeout, cooled - self._clock()))
         if timeout == 0:
             return
         waiters = [
@@ -127,7 +138,7 @@ class Worker:
                 w.cancel()
 
     def _start(self, item: Claimed) -> None:
-        task = asyncio.create_task(self.deliver(item), name=f"deliver-{item.id}")
+        task = asyncio.create_task(self._deliver_safely(item), name=f"deliver-{item.id}")
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -148,18 +159,47 @@ class Worker:
             elif not claimed:
                 return
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming; let in-flight deliveries finish for up to `grace` seconds."""
+    async def stop(self, grace: float) -> list[str]:
+        """Stop claiming; let in-flight deliveries finish for up to `grace` seconds.
+
+        Returns the ids of deliveries cut short, so their leases can be released.
+        """
         self._stopping.set()
         if not self._tasks:
-            return
+            return []
         _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
-            # Their leases stay; the next start requeues them.
             await asyncio.gather(*pending, return_exceptions=True)
             logger.warning("event=deliveries_abandoned count=%d", len(pending))
+        return [t.get_name().removeprefix("deliver-") for t in pending]
+
+    def update_providers(self, providers: Sequence[ProviderConfig]) -> None:
+        """Use new URLs and timeouts from the next call on (same provider names)."""
+        self._providers = {p.name: p for p in providers}
+
+    async def _deliver_safely(self, item: Claimed) -> None:
+        try:
+            await self.deliver(item)
+        except Exception as exc:
+            # A bug or a store failure must not strand the message until its lease ends.
+            logger.exception("event=delivery_crashed id=%s", item.id)
+            now = self._clock()
+            policy = self._settings.policy
+            with contextlib.suppress(StoreError):
+                if item.attempt >= policy.max_attempts:
+                    await self._store.finish_unsent(
+                        item.id,
+                        Status.FAILED,
+                        ErrorCode.PROVIDERS_UNAVAILABLE,
+                        f"Delivery failed inside dispatchd: {type(exc).__name__}.",
+                        (),
+                        now,
+                    )
+                else:
+                    at = now + retry.backoff(item.attempt, policy, self._rng)
+                    await self._store.release([item.id], at, "requeued after an internal error")
 
     async def deliver(self, item: Claimed) -> None:
         """One attempt: try providers in routing order until one accepts."""
@@ -187,55 +227,31 @@ class Worker:
             )
             self._publish("invalid", item, code=ErrorCode.NUMBER_SUPPRESSED.value)
             return
+        await self._attempt(item, now)
+
+    async def _attempt(self, item: Claimed, now: float) -> None:
+        """Try providers in routing order until one accepts; skip those whose circuit says no."""
         attempts: list[Attempt] = []
         errors: list[str] = []
-        unavailable = False
+        unavailable = skipped = False
+        failed: tuple[str, str] | None = None  # the provider that just failed, and why
         callback_url = self._callback_url(item.id)
-        plan = routing.plan(self._health.candidates(), self._rng)
-        if not plan:
-            # Every provider was paused between the claim and now: queue it again untouched.
-            await self._store.requeue(
-                item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, "every provider is paused", (), now
-            )
-            return
-        for index, name in enumerate(plan):
-            provider = self._providers[name]
-            self._health.call_started(name)
-            try:
-                call = await self._client.send(
-                    provider,
-                    to_number=item.to_number,
-                    message=item.body,
-                    callback_url=callback_url,
-                )
-            finally:
-                self._health.call_ended(name)
+        for name in routing.plan(self._health.candidates(), self._rng):
+            permit = self._acquire(name)
+            if permit is None:
+                skipped = True  # not tried in this attempt; nothing to record
+                continue
+            if failed is not None:
+                self._publish("failover", item, provider=failed[0], to=name, error=failed[1])
+            call = await self._call(permit, item, callback_url)
             result = call.result
-            self._health.record(
-                name,
-                ok=isinstance(result, Accepted),
-                latency_ms=call.latency_ms,
-                error=None if isinstance(result, Accepted) else result.message,
-            )
             if isinstance(result, Accepted):
                 attempts.append(
                     Attempt(
                         name, call.started_at, Outcome.ACCEPTED, result.http_status, call.latency_ms
                     )
                 )
-                await self._store.mark_sent(
-                    item.id, name, result.provider_message_id, attempts, self._clock()
-                )
-                logger.info(
-                    "event=sent id=%s provider=%s latency_ms=%.1f attempt=%d",
-                    item.id,
-                    name,
-                    call.latency_ms,
-                    item.attempt,
-                )
-                self._publish(
-                    "sent", item, provider=name, attempt=item.attempt, latency_ms=call.latency_ms
-                )
+                await self._sent(item, name, result, call, attempts)
                 return
             failed_over = isinstance(result, ProviderUnavailable)
             unavailable = unavailable or failed_over
@@ -258,11 +274,73 @@ class Worker:
                 outcome,
                 result.message,
             )
-            if index + 1 < len(plan):
-                self._publish(
-                    "failover", item, provider=name, to=plan[index + 1], error=result.message
-                )
-        await self._give_up_or_retry(item, attempts, errors, all_rejected=not unavailable)
+            failed = (name, result.message)
+        if not attempts:
+            # Every provider was paused, or its circuit opened, between the claim and now:
+            # nothing was tried, so the message goes back untouched to wait for one.
+            detail = "no provider may be tried now (paused, or circuit open)"
+            await self._store.requeue(
+                item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now
+            )
+            return
+        # A provider skipped for its open circuit was not asked: no verdict on the message.
+        all_rejected = not unavailable and not skipped
+        await self._give_up_or_retry(item, attempts, errors, all_rejected=all_rejected)
+
+    def _acquire(self, name: str) -> Permit | None:
+        """The provider's breaker's leave for one call now, or None (also for unknown names)."""
+        if name not in self._providers:
+            return None
+        permit, changes = self._health.acquire(name)
+        if changes:
+            self._announce(changes)
+        return permit
+
+    async def _call(self, permit: Permit, item: Claimed, callback_url: str) -> CallResult:
+        """Call the provider and report the outcome to its health and breaker."""
+        try:
+            call = await self._client.send(
+                self._providers[permit.provider.name],
+                to_number=item.to_number,
+                message=item.body,
+                callback_url=callback_url,
+            )
+        except BaseException:
+            self._health.release(permit)  # cancelled: a probe slot must not stay taken
+            raise
+        result = call.result
+        accepted = isinstance(result, Accepted)
+        changes = self._health.finish(
+            permit,
+            ok=accepted,
+            # A 4xx rejection is an answer: only transport failures count against the breaker.
+            transport_ok=not isinstance(result, ProviderUnavailable),
+            latency_ms=call.latency_ms,
+            error=None if isinstance(result, Accepted) else result.message,
+        )
+        if changes:
+            self._announce(changes)
+        return call
+
+    async def _sent(
+        self, item: Claimed, name: str, result: Accepted, call: CallResult, attempts: list[Attempt]
+    ) -> None:
+        await self._store.mark_sent(
+            item.id, name, result.provider_message_id, attempts, self._clock()
+        )
+        logger.info(
+            "event=sent id=%s provider=%s latency_ms=%.1f attempt=%d",
+            item.id,
+            name,
+            call.latency_ms,
+            item.attempt,
+        )
+        self._publish("sent", item, provider=name, attempt=item.attempt, latency_ms=call.latency_ms)
+
+    def _announce(self, changes: list[HealthChange]) -> None:
+        """Log and publish breaker transitions and weight shifts."""
+        if changes:
+            announce(changes, self._events)
 
     async def _give_up_or_retry(
         self, item: Claimed, attempts: list[Attempt], errors: list[str], *, all_rejected: bool

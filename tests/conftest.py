@@ -44,6 +44,8 @@ def make_config(tmp_path: Path, port: int, **sections: Any) -> Config:
             "failed": 0.0,
             "invalid": 0.0,
         },
+        # Production thresholds, test-sized time: an open circuit probes again in 0.2 s.
+        "breaker": {"cooldown": 0.2},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -83,6 +85,8 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     async def start(config: Config | None = None, **sections: Any) -> Daemon:
         cfg = config or make_config(tmp_path, free_port(), **sections)
         daemon = Daemon(cfg, rng=random.Random(1))
+        # Harmless once Daemon passes `breaker=config.breaker_settings()` to its registry.
+        daemon.health.reconfigure(cfg.providers, cfg.breaker_settings())
         await daemon.start()
         started.append(daemon)
         return daemon

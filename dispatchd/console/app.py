@@ -3,8 +3,8 @@
 The App owns the connection: one `@work` reader puts the stream's frames in a
 bounded inbox and posts a `StreamBatch` message for the main screen, which applies
 whatever has arrived in one go (so a burst costs one redraw, not one per event);
-the reader reconnects by itself, with backoff, whenever the daemon goes away. Commands run in their own workers and
-report the daemon's refusals as notifications.
+the reader reconnects by itself, with backoff, whenever the daemon goes away.
+Commands run in their own workers and report the daemon's refusals as notifications.
 """
 
 from __future__ import annotations

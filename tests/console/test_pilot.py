@@ -232,3 +232,30 @@ async def pilot_app() -> AsyncIterator[tuple[RecordingApp, RecordedControl, Any]
     async with app.run_test(size=(100, 30)) as pilot:
         await until(lambda: app.main.connected, "the recorded snapshot")
         yield app, control, pilot
+
+
+async def test_a_burst_is_applied_in_one_go_and_overflow_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dispatchd.console.app.INBOX_MAX", 50)
+    monkeypatch.setattr(TrafficLog, "MAX_ROWS", 100)
+    monkeypatch.setattr(TrafficLog, "TRIM_SLACK", 50)
+    control = RecordedControl()
+    app = RecordingApp(control, socket_label="s")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: app.main.connected, "the recorded snapshot")
+        log = log_of(app)
+        # Arrives faster than the screen runs: nothing is applied until the burst is over.
+        for seq in range(100, 1100):
+            payload = {"id": msg_id(seq), "number": "+17034573321", "provider": "provider1"}
+            app._receive({"seq": seq, "at": 0.0, "type": "sent", "payload": payload})
+        await pilot.pause()
+        assert app.main.dropped == 950  # the console's own inbox kept 50 of 1000
+        assert len(log.entries) == 12 + 50
+        for chunk in range(8):  # past the cap the log trims itself
+            for seq in range(2000 + chunk * 40, 2040 + chunk * 40):
+                payload = {"id": msg_id(seq), "number": "+17034573321", "provider": "provider1"}
+                app._receive({"seq": seq, "at": 0.0, "type": "sent", "payload": payload})
+            await pilot.pause()
+        assert log.row_count <= TrafficLog.MAX_ROWS + TrafficLog.TRIM_SLACK
+        assert log.shown[-1] == entries(app, "sent", msg_id(2319))[0].key

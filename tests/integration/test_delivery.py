@@ -24,6 +24,7 @@ from yarl import URL
 
 from dispatchd.config import Config
 from dispatchd.daemon import Daemon
+from dispatchd.health import HealthRegistry
 from dispatchd.models import DeliveryReport, Message, Outcome, Status
 from dispatchd.providers import ProviderClient
 from dispatchd.retry import RetryPolicy
@@ -232,6 +233,8 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
             is_suppressed=service.is_suppressed,
             clock=clock,
             rng=random.Random(1),
+            # As the daemon builds it: the test config's breaker cools down in 0.2 s.
+            health=HealthRegistry(cfg.providers, clock=clock, breaker=cfg.breaker_settings()),
         )
         return Rig(store, service, worker)
 

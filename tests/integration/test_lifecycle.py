@@ -1,0 +1,357 @@
+"""The daemon as systemd runs it: signals, reload, sd_notify, JSON logs, storage faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from dispatchd import logs
+from dispatchd.bench import Process, free_port, wait_http
+from dispatchd.daemon import Daemon
+from tests.conftest import DaemonFactory, wait_for
+
+SEND = {"to_number": "+17034573322", "message": "lifecycle"}
+
+
+def write_config(
+    workdir: Path, port: int, sim_port: int, *, weights: tuple[int, int] = (30, 70), **extra: str
+) -> Path:
+    sim = f"http://127.0.0.1:{sim_port}"
+    sections = {
+        "server": f'port = {port}\npublic_url = "http://127.0.0.1:{port}"\n'
+        + extra.get("server", ""),
+        "storage": f'path = "{workdir / "d.db"}"',
+        "control": f'socket = "{workdir / "c.sock"}"',
+        "delivery": "backoff_initial = 0.1\nbackoff_max = 0.2\n" + extra.get("delivery", ""),
+        "log": extra.get("log", ""),
+    }
+    text = "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
+    for name, weight in zip(("provider1", "provider2"), weights, strict=True):
+        text += f'[[providers]]\nname = "{name}"\nurl = "{sim}/{name}"\nweight = {weight}\n'
+        text += "timeout = 5.0\n"
+    path = workdir / "dispatchd.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def workdir() -> AsyncIterator[Path]:
+    # Short path: the control socket must fit in a sockaddr_un.
+    path = Path(tempfile.mkdtemp(prefix="dl-", dir="/tmp"))
+    yield path  # type: ignore[misc]
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def start_simulator(workdir: Path, latency: float) -> tuple[int, Process]:
+    port = free_port()
+    cfg = workdir / "sim.toml"
+    cfg.write_text(
+        f"[simulator]\nfailure_rate = 0.0\nlatency = {latency}\ncallback_delay = 0.0\n"
+        'invalid_suffix = ""\n'
+    )
+    proc = Process(
+        "simulator", ["simulator", "--port", str(port), "--config", str(cfg)], workdir, {}
+    )
+    await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+    return port, proc
+
+
+async def post(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.post(f"http://127.0.0.1:{port}/messages", json=SEND) as resp:
+        assert resp.status == 202
+        return dict(await resp.json())
+
+
+async def get(session: aiohttp.ClientSession, port: int, msg_id: str) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/messages/{msg_id}") as resp:
+        return dict(await resp.json())
+
+
+def db_statuses(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT id, status FROM messages").fetchall())
+
+
+async def wait_exit(proc: Process, within: float) -> int:
+    deadline = time.monotonic() + within
+    while proc.proc.poll() is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{proc.name} still running after {within}s")
+        await asyncio.sleep(0.02)
+    return proc.proc.returncode
+
+
+async def test_sigterm_lets_in_flight_calls_finish_then_exits_0(workdir: Path) -> None:
+    sim_port, sim = await start_simulator(workdir, latency=1.0)
+    port = free_port()
+    config = write_config(workdir, port, sim_port)
+    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        async with aiohttp.ClientSession() as session:
+            ids = [(await post(session, port))["id"] for _ in range(5)]
+
+            async def sending() -> bool:
+                statuses = [(await get(session, port, i))["status"] for i in ids]
+                return statuses == ["sending"] * len(ids)
+
+            await wait_for(sending, what="provider calls in flight")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(daemon, within=15) == 0
+        # Each call had time to finish: the provider's 200 was recorded, nothing requeued.
+        assert set(db_statuses(workdir / "d.db").values()) <= {"sent", "delivered"}
+        assert not (workdir / "c.sock").exists(), "control socket removed on clean exit"
+    finally:
+        daemon.stop()
+        sim.stop()
+
+
+async def test_grace_runs_out_then_unfinished_work_is_released_and_second_signal_is_immediate(
+    workdir: Path,
+) -> None:
+    sim_port, sim = await start_simulator(workdir, latency=30.0)
+    port = free_port()
+    config = write_config(workdir, port, sim_port, server="shutdown_grace = 0.3\n")
+    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        async with aiohttp.ClientSession() as session:
+            msg_id = (await post(session, port))["id"]
+
+            async def sending() -> bool:
+                return (await get(session, port, msg_id))["status"] == "sending"
+
+            await wait_for(sending, what="a provider call in flight")
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(daemon, within=20) == 0
+        # The provider would answer after 30 s; the 0.3 s grace is what ends the wait.
+        assert time.monotonic() - started < 15, "the grace period bounds the shutdown"
+        assert db_statuses(workdir / "d.db") == {msg_id: "queued"}, "released, not left leased"
+        daemon.stop()
+
+        # Second run: with a long grace, a second SIGTERM exits at once.
+        config = write_config(workdir, port, sim_port, server="shutdown_grace = 60\n")
+        daemon = Process("daemon2", ["serve", "--config", str(config)], workdir, {})
+        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        async with aiohttp.ClientSession() as session:
+            await wait_for(sending, what="the released message is tried again")
+        daemon.proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: "event=stopping" in daemon.log_path.read_text(), what="stopping")
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(daemon, within=12) == 1
+        # Without the second signal it would wait for the 30 s provider call.
+        assert time.monotonic() - started < 12
+        # The store is intact: it opens and still holds the message.
+        assert db_statuses(workdir / "d.db") == {msg_id: "sending"}
+    finally:
+        daemon.stop()
+        sim.stop()
+
+
+async def test_sighup_reloads_weights_and_rejects_a_bad_config(workdir: Path) -> None:
+    sim_port, sim = await start_simulator(workdir, latency=0.0)
+    port = free_port()
+    config = write_config(workdir, port, sim_port, weights=(100, 0))
+    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        async with aiohttp.ClientSession() as session:
+
+            async def provider_of(msg_id: str) -> str | None:
+                body = await get(session, port, msg_id)
+                return body["provider"] if body["status"] in ("sent", "delivered") else None
+
+            first = (await post(session, port))["id"]
+            await wait_for(lambda: provider_of(first), what="first message sent")
+            assert await provider_of(first) == "provider1"
+
+            write_config(workdir, port, sim_port, weights=(0, 100))
+            daemon.proc.send_signal(signal.SIGHUP)
+            await wait_for(lambda: "event=config_reloaded" in daemon.log_path.read_text())
+            ids = [(await post(session, port))["id"] for _ in range(5)]
+            for msg_id in ids:
+                await wait_for(lambda m=msg_id: provider_of(m), what="sent after reload")
+                assert await provider_of(msg_id) == "provider2"
+
+            config.write_text(config.read_text().replace("weight = 0", "weight = -5"))
+            daemon.proc.send_signal(signal.SIGHUP)
+            await wait_for(lambda: "event=config_reload_rejected" in daemon.log_path.read_text())
+            assert "providers[0].weight" in daemon.log_path.read_text()
+            last = (await post(session, port))["id"]
+            await wait_for(lambda: provider_of(last), what="still delivering")
+            assert await provider_of(last) == "provider2", "the old config stays"
+    finally:
+        assert daemon.stop() == 0
+        sim.stop()
+
+
+async def test_sd_notify_ready_status_watchdog_and_stopping(workdir: Path) -> None:
+    sim_port, sim = await start_simulator(workdir, latency=0.0)
+    port = free_port()
+    config = write_config(workdir, port, sim_port)
+    notify_path = workdir / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.setblocking(False)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, env)
+    received: list[str] = []
+
+    def drain() -> str:
+        while True:
+            try:
+                received.append(listener.recv(4096).decode())
+            except BlockingIOError:
+                return "\n".join(received)
+
+    try:
+        await wait_for(lambda: "READY=1" in drain(), within=20, what="READY=1")
+        ready = next(m for m in received if "READY=1" in m)
+        assert "STATUS=ready" in ready
+        # READY comes only once the listener is bound: the API answers right away.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+        ):
+            assert resp.status == 200
+        await wait_for(lambda: drain().count("WATCHDOG=1") >= 2, what="watchdog pings")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(daemon, within=15) == 0
+        assert "STOPPING=1" in drain()
+    finally:
+        daemon.stop()
+        sim.stop()
+        listener.close()
+
+
+async def test_json_logs_carry_event_fields_and_no_tokens(workdir: Path) -> None:
+    sim_port, sim = await start_simulator(workdir, latency=0.0)
+    port = free_port()
+    config = write_config(workdir, port, sim_port, log='format = "json"\n')
+    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        async with aiohttp.ClientSession() as session:
+            msg_id = (await post(session, port))["id"]
+
+            async def delivered() -> bool:
+                return (await get(session, port, msg_id))["status"] == "delivered"
+
+            await wait_for(delivered)
+    finally:
+        daemon.stop()
+        sim.stop()
+    records = [json.loads(line) for line in daemon.log_path.read_text().splitlines() if line]
+    sent = [r for r in records if r.get("event") == "sent" and r.get("id") == msg_id]
+    assert len(sent) == 1
+    assert sent[0]["provider"] in ("provider1", "provider2")
+    assert float(sent[0]["latency_ms"]) >= 0
+    assert "token" not in daemon.log_path.read_text()
+
+
+def test_log_fields_parse_key_value_messages() -> None:
+    assert logs.fields("event=sent id=abc provider=p1 error='no answer within 5s'") == {
+        "event": "sent",
+        "id": "abc",
+        "provider": "p1",
+        "error": "no answer within 5s",
+    }
+    assert logs.fields("free text") == {"msg": "free text"}
+
+
+def test_systemd_unit_is_complete_and_verifies(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatchd", "systemd-unit"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
+    for line in (
+        "Type=notify",
+        "StateDirectory=dispatchd",
+        "RuntimeDirectory=dispatchd",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "DynamicUser=yes",
+        "TimeoutStopSec=20",
+        "WatchdogSec=",
+    ):
+        assert line in out
+    assert "ExecStart=" in out and " serve --config " in out
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "dispatchd.service"
+    unit.write_text(out)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+async def _limit_pages(daemon: Daemon, extra: int | None) -> None:
+    """Simulate a full disk: cap the database at its current size (None lifts the cap)."""
+    store = daemon.store
+    assert store is not None
+
+    def cap() -> None:
+        conn = store._writer  # test-only reach into the writer connection
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages if extra is None else pages + extra}")
+
+    await asyncio.get_running_loop().run_in_executor(store._executor, cap)
+
+
+async def test_full_disk_answers_503_accepts_nothing_and_recovers_by_itself(
+    start_daemon: DaemonFactory,
+) -> None:
+    d = await start_daemon(simulator={"callback_delay": 3600})
+    base = f"http://127.0.0.1:{d.port}"
+    async with aiohttp.ClientSession() as session:
+        await post(session, d.port)
+        await _limit_pages(d, None)
+        # Enough text to need a new page even if the last one has room.
+        big = {"to_number": "+17034573322", "message": "x" * 1500}
+        accepted = 1
+        for _ in range(5):
+            async with session.post(f"{base}/messages", json=big) as resp:
+                status, headers, body = resp.status, resp.headers, await resp.read()
+            if status == 503:
+                break
+            accepted += 1
+        assert status == 503
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert headers["Retry-After"].isdigit()
+        assert json.loads(body)["code"] == "storage_unavailable"
+        async with session.get(f"{base}/readyz") as ready:
+            assert ready.status == 503
+        # Nothing half-written: exactly the messages that got a 202 are stored.
+        async with session.get(f"{base}/messages") as listing:
+            assert len((await listing.json())["items"]) == accepted
+
+        await _limit_pages(d, 1_000_000)
+
+        async def ready_again() -> bool:
+            async with session.get(f"{base}/readyz") as r:
+                return r.status == 200
+
+        await wait_for(ready_again, what="the store to recover without traffic")
+        async with session.post(f"{base}/messages", json=big) as resp:
+            assert resp.status == 202
