@@ -1,0 +1,72 @@
+"""`dispatchd bench` in smoke mode: it runs every phase end to end and its numbers are sane.
+
+This is not a speed test: it asserts that the tool works and that what it reports
+is consistent (every 202 stored, every message delivered), never how fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+from dispatchd import bench
+
+
+async def test_bench_runs_every_phase_and_reports_consistent_numbers() -> None:
+    opts = bench.BenchOptions(
+        url=None,
+        concurrency=8,
+        duration=None,
+        requests=150,
+        e2e_duration=0.5,
+        backlog=2_000,
+        delivery_concurrency=16,
+    )
+    report = await bench.run(opts, out=io.StringIO())
+    ceiling, accept, e2e, backlog = (
+        report["ceiling"],
+        report["accept"],
+        report["end_to_end"],
+        report["backlog"],
+    )
+    assert ceiling["ok"] == ceiling["requests"] == 150
+    assert accept["ok"] == 150 and accept["errors"] == 0
+    assert accept["stored"] == 150, "every 202 is a stored message"
+    assert accept["ratio_to_ceiling"] > 0
+    assert accept["p50_ms"] <= accept["p95_ms"] <= accept["p99_ms"]
+    assert e2e["delivered"] == e2e["sent_requests"] == e2e["new_messages"] == 150
+    assert e2e["delivered_per_s"] > 0 and e2e["p50_ms"] > 0
+    assert backlog["ok"] == 150
+    assert backlog["stored_messages"] == 2_000 + 3 * 150
+    assert 0 < report["daemon_peak_rss_mb"] < 1000
+    table = bench.render(report)
+    for phase in ("ceiling", "accept", "end to end", "backlog"):
+        assert phase in table
+
+
+def test_bench_cli_prints_json_against_a_running_daemon_url_error() -> None:
+    # Against a URL nothing listens on, every request fails and the report says so.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatchd",
+            "bench",
+            "--url",
+            "http://127.0.0.1:9",
+            "--requests",
+            "5",
+            "--concurrency",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    report = json.loads(out)
+    assert report["accept"]["ok"] == 0
+    assert report["accept"]["errors"] == 5
