@@ -20,11 +20,15 @@ Reading
      "rates": [{"at": <epoch s>, "accepted": n, "sent": n, "delivered": n, "failed": n}, ...],
      "recent": [Event, ...]}
 
-Provider: `name`, `state` (`healthy` | `degraded` | `circuit_open` | `paused`),
-`paused`, `configured_weight`, `weight` (after operator changes),
-`effective_weight` (0 while paused), and over the last 60 s: `calls`, `share` (of
-all provider calls), `success_rate`, `p50_ms`, `p95_ms`; also `in_flight`,
-`last_error`, `last_error_at`.
+Provider: `name`, `state` (`healthy` | `degraded` | `circuit_open` | `paused`;
+`circuit_open` while the breaker is open or half-open, `degraded` while traffic is
+shifted away or calls fail), `paused`, `configured_weight`, `weight` (after operator
+changes), `weight_factor` (share of it the traffic shift leaves, 1 - max_shift to 1)
+and `shift_reason`, `effective_weight` (weight x factor; 0 while paused or open),
+`breaker` (`closed` | `open` | `half_open`), `breaker_reason`, `breaker_until`
+(epoch s when an open breaker lets probes through, else null), and over the
+last 60 s: `calls`, `share` (of all provider calls), `success_rate`, `p50_ms`,
+`p95_ms`; also `in_flight`, `last_error`, `last_error_at`.
 Queue: `counts` (every status, zeros included), `oldest_queued_age_s`,
 `waiting_retry` (queued again after an attempt found no provider).
 `rates` are per-second counts, oldest first, up to five minutes; `failed` counts
@@ -44,6 +48,9 @@ precedes the next event sent. Message events carry `id` and `number`:
   `in_s`), `delivered` / `failed` / `invalid` from reports (`provider`, `via`:
   `"report"`), `failed` / `expired` / `invalid` from the worker (`code`, `error`),
   `number_suppressed` (`also_invalidated`).
+- Provider health: `breaker_opened`, `breaker_half_open`, `breaker_closed` and
+  `weight_shifted`, each with `provider`, `from`, `to` (breaker states, or weight
+  factors as percentages), `reason`, `effective_weight`, `weight_factor`.
 - Operator changes: `provider_paused`, `provider_resumed` (`provider`),
   `provider_weight` (`provider`, `weight`, `previous`), `suppression_lifted`
   (`number`), `message_retried` (`id`, `new_id`).

@@ -52,7 +52,9 @@ class Daemon:
         self._rng = rng or random.Random()
         self.simulator = simulator_state or SimulatorState(config.simulator)
         self.events = EventBus(clock=clock)
-        self.health = HealthRegistry(config.providers, clock=clock)
+        self.health = HealthRegistry(
+            config.providers, clock=clock, breaker=config.breaker_settings()
+        )
         self.control: ControlServer | None = None
         self.store: Store | None = None
         self.service: Service | None = None

@@ -275,8 +275,10 @@ class HealthRegistry:
     def reconfigure(
         self, providers: Sequence[ProviderConfig], breaker_settings: BreakerSettings
     ) -> None:
-        """Apply a reloaded configuration: configured weights, URLs, timeouts, breaker settings.
+        """Apply a reloaded configuration: configured weights and breaker settings.
 
+        Each provider's new config (URL and timeout too) is kept as `.config`; the
+        worker calls with its own copy (`Worker.update_providers`).
         Providers that still exist keep their run-time state: pause, operator weight
         (dropped if it now equals the configured one), in-flight count, call window,
         breaker state and weight shift. New providers start fresh; removed ones are
@@ -338,6 +340,14 @@ class HealthRegistry:
         """Whether any provider may be tried; when none may, messages wait in the queue."""
         return self.capacity() != 0
 
+    def open_circuits(self) -> list[str]:
+        """Providers (not paused) whose circuit is open or half-open."""
+        return [
+            p.name
+            for p in self._providers.values()
+            if not p.paused and p.breaker.state is not BreakerState.CLOSED
+        ]
+
     def next_change_at(self) -> float | None:
         """The earliest moment an open circuit lets a probe through."""
         times = [
@@ -385,12 +395,7 @@ class HealthRegistry:
         transitions = provider.breaker.record(
             now, ok=transport_ok, latency_ms=latency_ms, probe=permit.probe
         )
-        if not transitions:
-            return []
-        reopen = provider.breaker.next_change_at()
-        if reopen is not None:
-            self._next_tick = min(self._next_tick, reopen)
-        return [provider.change(t) for t in transitions]
+        return self._changed(provider, transitions) if transitions else []
 
     def call_started(self, name: str) -> None:
         if name in self._providers:
@@ -417,6 +422,15 @@ class HealthRegistry:
         provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
         transport = ok if transport_ok is None else transport_ok
         transitions = provider.breaker.record(now, ok=transport, latency_ms=latency_ms, probe=False)
+        return self._changed(provider, transitions) if transitions else []
+
+    def _changed(
+        self, provider: ProviderHealth, transitions: list[Transition]
+    ) -> list[HealthChange]:
+        reopen = provider.breaker.next_change_at()
+        if reopen is not None:
+            # Just opened: the next tick must not sleep through the end of its cooldown.
+            self._next_tick = min(self._next_tick, reopen)
         return [provider.change(t) for t in transitions]
 
     def tick(self) -> list[HealthChange]:

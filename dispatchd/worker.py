@@ -283,8 +283,9 @@ class Worker:
                 item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now
             )
             return
-        # A provider skipped for its open circuit was not asked: no verdict on the message.
-        all_rejected = not unavailable and not skipped
+        # A provider left out for its open circuit was not asked: that is an outage, not a
+        # verdict on the message, so rejections by the others alone do not fail it.
+        all_rejected = not (unavailable or skipped or self._health.open_circuits())
         await self._give_up_or_retry(item, attempts, errors, all_rejected=all_rejected)
 
     def _acquire(self, name: str) -> Permit | None:

@@ -85,8 +85,6 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     async def start(config: Config | None = None, **sections: Any) -> Daemon:
         cfg = config or make_config(tmp_path, free_port(), **sections)
         daemon = Daemon(cfg, rng=random.Random(1))
-        # Harmless once Daemon passes `breaker=config.breaker_settings()` to its registry.
-        daemon.health.reconfigure(cfg.providers, cfg.breaker_settings())
         await daemon.start()
         started.append(daemon)
         return daemon

@@ -32,6 +32,10 @@ EVENT_STYLE = {
     "expired": "red",
     "invalid": "red",
     "number_suppressed": "bold red",
+    "breaker_opened": "bold red",
+    "breaker_half_open": "yellow",
+    "breaker_closed": "green",
+    "weight_shifted": "yellow",
 }
 EVENT_LABEL = {
     "retry_scheduled": "retry",
@@ -41,6 +45,10 @@ EVENT_LABEL = {
     "provider_weight": "weight",
     "suppression_lifted": "unsuppressed",
     "message_retried": "retried",
+    "breaker_opened": "circuit open",
+    "breaker_half_open": "probing",
+    "breaker_closed": "circuit closed",
+    "weight_shifted": "weight shift",
 }
 QUEUE_ORDER = ("queued", "sending", "sent", "delivered", "failed", "invalid", "expired")
 SPARK_SERIES = ("accepted", "sent", "delivered", "failed")
@@ -128,6 +136,10 @@ def _detail(kind: str, p: Json) -> str:
         )
     if kind == "provider_weight":
         return f"weight {p.get('previous')} -> {p.get('weight')}"
+    if kind.startswith("breaker_"):
+        return f"{p.get('reason')}"
+    if kind == "weight_shifted":
+        return f"weight {p.get('from')} -> {p.get('to')} ({p.get('reason')})"
     if kind == "message_retried":
         return f"retried as {p.get('new_id')}"
     if kind == "restart":

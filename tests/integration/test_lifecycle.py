@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -53,7 +54,8 @@ def workdir() -> AsyncIterator[Path]:
     # Short path: the control socket must fit in a sockaddr_un.
     path = Path(tempfile.mkdtemp(prefix="dl-", dir="/tmp"))
     yield path  # type: ignore[misc]
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("KEEP_WORKDIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def start_simulator(workdir: Path, latency: float) -> tuple[int, Process]:
@@ -61,7 +63,7 @@ async def start_simulator(workdir: Path, latency: float) -> tuple[int, Process]:
     cfg = workdir / "sim.toml"
     cfg.write_text(
         f"[simulator]\nfailure_rate = 0.0\nlatency = {latency}\ncallback_delay = 0.0\n"
-        'invalid_suffix = ""\n'
+        'invalid_suffix = ""\ndelivered = 1.0\nfailed = 0.0\n'
     )
     proc = Process(
         "simulator", ["simulator", "--port", str(port), "--config", str(cfg)], workdir, {}

@@ -1,8 +1,17 @@
-"""The circuit breaker and traffic shift as pure state machines, driven by a fake clock."""
+"""The circuit breaker and traffic shift as pure state machines, driven by a fake clock;
+and the `[breaker]` config section that feeds them."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
 from dispatchd.breaker import Breaker, BreakerSettings, BreakerState
+from dispatchd.config import BreakerConfig, load
+from dispatchd.errors import ConfigError
 
 SETTINGS = BreakerSettings(
     failure_threshold=3,
@@ -111,3 +120,102 @@ def test_slow_answers_also_shift_weight() -> None:
     changes = b.record(6, ok=True, latency_ms=2500)
     assert [c.kind for c in changes] == ["weight"]
     assert b.weight_factor() < 1.0
+
+
+def test_time_alone_half_opens_a_cooled_down_breaker() -> None:
+    b = Breaker(SETTINGS, now=0)
+    for _ in range(3):
+        b.record(0, ok=False, latency_ms=5)
+    assert [c.after for c in b.tick(9.9) if c.kind == "breaker"] == []
+    changes = b.tick(10)
+    assert [(c.kind, c.after) for c in changes if c.kind == "breaker"] == [("breaker", "half_open")]
+    assert b.next_change_at() is None
+    assert b.acquire(10) == (True, None)
+
+
+def test_a_cancelled_probe_gives_its_slot_back() -> None:
+    b = Breaker(SETTINGS, now=0)
+    for _ in range(3):
+        b.record(0, ok=False, latency_ms=5)
+    assert b.acquire(10)[0]
+    assert not b.admits(10)
+    b.release(probe=True)
+    assert b.admits(10) and b.state is BreakerState.HALF_OPEN
+    b.release(probe=True)  # a second release cannot create a slot
+    assert b.probes_in_flight == 0
+
+
+def test_in_half_open_only_probes_move_the_breaker() -> None:
+    b = Breaker(SETTINGS, now=0)
+    for _ in range(3):
+        b.record(0, ok=False, latency_ms=5)
+    assert b.acquire(10)[0]
+    # Answers to calls admitted before the opening arrive late: they prove nothing now.
+    changes = b.record(10.1, ok=False, latency_ms=5, probe=False)
+    changes += b.record(10.1, ok=True, latency_ms=5, probe=False)
+    assert [c for c in changes if c.kind == "breaker"] == []
+    assert b.state is BreakerState.HALF_OPEN and b.probes_in_flight == 1
+    b.record(10.2, ok=True, latency_ms=5, probe=True)
+    assert b.probe_successes == 1
+
+
+def test_the_error_rate_counts_only_the_window() -> None:
+    b = Breaker(SETTINGS, now=0)
+    for i in range(9):  # 5 of 9 failed, never 3 in a row; below min_calls
+        b.record(0, ok=i % 2 == 1, latency_ms=5)
+    # 31 s later those have left the 30 s window: 1 failure in 2 calls is no rate yet.
+    b.record(31, ok=True, latency_ms=5)
+    b.record(31, ok=False, latency_ms=5)
+    assert b.state is BreakerState.CLOSED
+    for i in range(8):  # then 5 of 10 calls failed: the rate opens it
+        b.record(31, ok=i % 2 == 0, latency_ms=5)
+    assert b.state is BreakerState.OPEN
+    assert b.reason == "error rate 50% over 10 calls"
+
+
+def test_reconfigure_keeps_the_state_and_applies_the_new_cooldown() -> None:
+    b = Breaker(SETTINGS, now=0)
+    for _ in range(3):
+        b.record(0, ok=False, latency_ms=5)
+    b.shift = 0.8
+    narrower = BreakerSettings(cooldown=60.0, max_shift=0.5)
+    b.reconfigure(narrower)
+    assert b.state is BreakerState.OPEN and b.next_change_at() == 60.0
+    assert b.shift == 0.5, "clamped to the new bound"
+
+
+def test_the_config_section_mirrors_the_settings() -> None:
+    assert BreakerConfig().settings() == BreakerSettings()
+    assert set(BreakerConfig.model_fields) == set(BreakerSettings.__dataclass_fields__)
+    for name in BreakerConfig.model_fields:
+        assert BreakerConfig.model_fields[name].description or _documented(name), name
+
+
+def _documented(field: str) -> bool:
+    source = inspect.getsource(BreakerConfig)
+    after = source.split(f"    {field}:", 1)[1].splitlines()
+    return after[1].strip().startswith('"""')
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("error_rate = 1.5", "breaker.error_rate"),
+        ("cooldown = 0", "breaker.cooldown"),
+        ("max_shift = 1.0", "breaker.max_shift"),
+        ("probes = 0", "breaker.probes"),
+        ("colldown = 3", "breaker.colldown"),
+    ],
+)
+def test_bad_breaker_keys_are_named(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "dispatchd.toml"
+    path.write_text(f"[breaker]\n{toml}\n")
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load(path)
+
+
+def test_breaker_keys_load_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "dispatchd.toml"
+    path.write_text("[breaker]\ncooldown = 2.5\nfailure_threshold = 7\n")
+    settings = load(path).breaker_settings()
+    assert (settings.cooldown, settings.failure_threshold, settings.probes) == (2.5, 7, 3)
