@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd import store as store_mod
+from dispatchd.health import percentile as nearest_rank
 
 # The same body for every phase, so the ceiling parses exactly what the daemon parses.
 PAYLOAD = json.dumps({"to_number": "+17034573322", "message": "Benchmark message from dispatchd"})
@@ -65,12 +66,8 @@ class LoadResult:
 
 
 def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+    """Nearest-rank percentile; 0 for no values (the report has no nulls)."""
+    return nearest_rank(values, p) or 0.0
 
 
 async def drive(
