@@ -18,6 +18,7 @@ from aiohttp import web
 
 from dispatchd import config as config_mod
 from dispatchd.config import Config
+from dispatchd.connections import make_runner
 from dispatchd.control import ControlDeps, ControlServer, make_control_app
 from dispatchd.errors import ConfigError, StoreError
 from dispatchd.events import EventBus
@@ -28,7 +29,7 @@ from dispatchd.service import Service
 from dispatchd.simulator import SimulatorState, make_simulator_app
 from dispatchd.store import Store
 from dispatchd.systemd import Notifier
-from dispatchd.web import WebDeps, make_app, make_runner
+from dispatchd.web import WebDeps, make_app
 from dispatchd.worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dispatchd import connections as dispatchd_connections
 from dispatchd import web as dispatchd_web
 from dispatchd.daemon import Daemon
 from dispatchd.web import GUARD, MAX_BODY, ConnectionGuard, WebDeps, make_app, make_runner
@@ -824,5 +825,5 @@ async def test_unparseable_http_gets_problem_json(
 
 def test_default_connection_cap_is_half_the_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
     for soft, expected in ((1024, 512), (20_000, 10_000), (50, 64)):
-        monkeypatch.setattr(dispatchd_web.resource, "getrlimit", lambda _: (soft, soft))  # noqa: B023
-        assert dispatchd_web.default_max_connections() == expected
+        monkeypatch.setattr(dispatchd_connections.resource, "getrlimit", lambda _: (soft, soft))  # noqa: B023
+        assert dispatchd_connections.default_max_connections() == expected
