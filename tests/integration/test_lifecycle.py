@@ -357,3 +357,35 @@ async def test_full_disk_answers_503_accepts_nothing_and_recovers_by_itself(
         await wait_for(ready_again, what="the store to recover without traffic")
         async with session.post(f"{base}/messages", json=big) as resp:
             assert resp.status == 202
+
+
+async def _set_read_only(daemon: Daemon, on: bool) -> None:
+    """Simulate a read-only database (e.g. a remount) on the writer connection."""
+    store = daemon.store
+    assert store is not None
+
+    def apply() -> None:
+        store._writer.execute(f"PRAGMA query_only = {int(on)}")  # test-only reach
+
+    await asyncio.get_running_loop().run_in_executor(store._executor, apply)
+
+
+async def test_read_only_database_answers_503_and_recovers(start_daemon: DaemonFactory) -> None:
+    d = await start_daemon(simulator={"callback_delay": 3600})
+    base = f"http://127.0.0.1:{d.port}"
+    async with aiohttp.ClientSession() as session:
+        await _set_read_only(d, True)
+        async with session.post(f"{base}/messages", json=SEND) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"].isdigit()
+            assert (await resp.json())["code"] == "storage_unavailable"
+        async with session.get(f"{base}/messages") as listing:
+            assert (await listing.json())["items"] == []
+        await _set_read_only(d, False)
+
+        async def ready_again() -> bool:
+            async with session.get(f"{base}/readyz") as r:
+                return r.status == 200
+
+        await wait_for(ready_again, what="the store to recover")
+        await post(session, d.port)
