@@ -308,24 +308,19 @@ async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> Load
     proc = Process("ceiling", ["bench-ceiling", "--port", str(port)], workdir, {})
     try:
         await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-        return await drive(
-            f"http://127.0.0.1:{port}/messages",
-            concurrency=opts.concurrency,
-            duration=opts.duration,
-            requests=opts.requests,
-            expect=202,
-            label="ceiling",
-            out=out,
-        )
+        return await _accept(f"http://127.0.0.1:{port}", opts, "ceiling", out)
     finally:
         proc.stop()
 
 
-async def _accept(base: str, opts: BenchOptions, label: str, out: TextIO) -> LoadResult:
+async def _accept(
+    base: str, opts: BenchOptions, label: str, out: TextIO, duration: float | None = None
+) -> LoadResult:
+    """POST /messages at `base` with the run's concurrency, for `duration` or the run's."""
     return await drive(
         f"{base}/messages",
         concurrency=opts.concurrency,
-        duration=opts.duration,
+        duration=duration if duration is not None else opts.duration,
         requests=opts.requests,
         expect=202,
         label=label,
@@ -379,15 +374,7 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
 async def _phase_e2e(base: str, db: Path, opts: BenchOptions, out: TextIO) -> dict[str, Any]:
     before = store_mod.count_messages(db)
     started = time.time()
-    load = await drive(
-        f"{base}/messages",
-        concurrency=opts.concurrency,
-        duration=opts.e2e_duration,
-        requests=opts.requests,
-        expect=202,
-        label="end to end",
-        out=out,
-    )
+    load = await _accept(base, opts, "end to end", out, duration=opts.e2e_duration)
     finished = await _wait_all_final(db, within=600)
     delivered, latencies = store_mod.delivery_latencies(db, since=started)
     seconds = finished - started

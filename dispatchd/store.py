@@ -526,12 +526,10 @@ class Store:
         """Give leased messages back to the queue, due at `at`, without waiting for the lease."""
 
         def op(conn: sqlite3.Connection) -> int:
-            released = 0
-            for msg_id in ids:
-                if conn.execute(RELEASE_ONE, (at, at, msg_id)).rowcount:
-                    conn.execute(INSERT_HISTORY, (msg_id, Status.QUEUED.value, at, detail))
-                    released += 1
-            return released
+            return sum(
+                _transition(conn, i, RELEASE_ONE, (at, at, i), Status.QUEUED, at, detail)
+                for i in ids
+            )
 
         return await self._write(op)
 
@@ -569,10 +567,8 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> bool:
             _insert_attempts(conn, msg_id, attempts)
-            cur = conn.execute(REQUEUE, (at, code.value, detail, now, msg_id))
-            if cur.rowcount:
-                conn.execute(INSERT_HISTORY, (msg_id, Status.QUEUED.value, now, detail))
-            return bool(cur.rowcount)
+            params = (at, code.value, detail, now, msg_id)
+            return _transition(conn, msg_id, REQUEUE, params, Status.QUEUED, now, detail)
 
         return await self._write(op)
 
@@ -589,10 +585,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> bool:
             _insert_attempts(conn, msg_id, attempts)
-            cur = conn.execute(FINISH_UNSENT, (status.value, code.value, detail, now, msg_id))
-            if cur.rowcount:
-                conn.execute(INSERT_HISTORY, (msg_id, status.value, now, detail))
-            return bool(cur.rowcount)
+            return _finish_unsent(conn, msg_id, status, code, detail, now)
 
         return await self._write(op)
 
@@ -748,12 +741,36 @@ def _suppress(conn: sqlite3.Connection, number: str, now: float, reason: str) ->
     ids = tuple(r[0] for r in conn.execute(QUEUED_TO_NUMBER, (number,)).fetchall())
     detail = "The number was reported invalid; the message was not sent."
     for msg_id in ids:
-        conn.execute(
-            FINISH_UNSENT,
-            (Status.INVALID.value, ErrorCode.NUMBER_SUPPRESSED.value, detail, now, msg_id),
-        )
-        conn.execute(INSERT_HISTORY, (msg_id, Status.INVALID.value, now, detail))
+        _finish_unsent(conn, msg_id, Status.INVALID, ErrorCode.NUMBER_SUPPRESSED, detail, now)
     return ids
+
+
+def _transition(
+    conn: sqlite3.Connection,
+    msg_id: str,
+    sql: str,
+    params: Sequence[Any],
+    status: Status,
+    at: float,
+    detail: str,
+) -> bool:
+    """Run a guarded status update; record it in history only if it applied."""
+    if not conn.execute(sql, params).rowcount:
+        return False
+    conn.execute(INSERT_HISTORY, (msg_id, status.value, at, detail))
+    return True
+
+
+def _finish_unsent(
+    conn: sqlite3.Connection,
+    msg_id: str,
+    status: Status,
+    code: ErrorCode,
+    detail: str,
+    now: float,
+) -> bool:
+    params = (status.value, code.value, detail, now, msg_id)
+    return _transition(conn, msg_id, FINISH_UNSENT, params, status, now, detail)
 
 
 def _with_details(

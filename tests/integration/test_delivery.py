@@ -118,6 +118,19 @@ async def fake(aiohttp_server: Any, http: aiohttp.ClientSession) -> FakeFactory:
 # -- daemon helpers -----------------------------------------------------------------------
 
 
+def bare_service(store: Store, cfg: Config, clock: Callable[[], float] = time.time) -> Service:
+    """A Service on `store` with no worker behind it, as a process that is about to die."""
+    return Service(
+        store,
+        cfg.delivery,
+        public_url=cfg.server.public_url,
+        secret="s",
+        suppressed=set(),
+        on_new_work=lambda: None,
+        clock=clock,
+    )
+
+
 def config_for(tmp_path: Path, providers: list[Json], **delivery: Any) -> Config:
     return make_config(
         tmp_path,
@@ -679,14 +692,7 @@ async def test_messages_claimed_by_a_crashed_process_are_delivered_after_restart
     cfg = config_for(tmp_path, [p1.config(30), p2.config(70)])
 
     store = await Store.open(cfg.storage.path)
-    service = Service(
-        store,
-        cfg.delivery,
-        public_url=cfg.server.public_url,
-        secret="old-secret",
-        suppressed=set(),
-        on_new_work=lambda: None,
-    )
+    service = bare_service(store, cfg)
     request = service.validate({"to_number": NUMBER, "message": "in flight during a crash"})
     ids = {(await service.accept(request)).id for _ in range(3)}
     claimed = await store.claim(time.time(), 10, lease=60)
@@ -706,15 +712,7 @@ async def test_expired_lease_is_claimed_again(tmp_path: Path) -> None:
     store = await Store.open(cfg.storage.path)
     try:
         now = 1_700_000_000.0
-        service = Service(
-            store,
-            cfg.delivery,
-            public_url=cfg.server.public_url,
-            secret="s",
-            suppressed=set(),
-            on_new_work=lambda: None,
-            clock=lambda: now,
-        )
+        service = bare_service(store, cfg, clock=lambda: now)
         request = service.validate({"to_number": NUMBER, "message": "hello"})
         ids = {(await service.accept(request)).id for _ in range(2)}
 
@@ -748,14 +746,7 @@ async def test_worker_does_not_send_to_a_suppressed_number(
     # Process A claims two messages to the same number; while they are in flight a
     # report marks the first one's number invalid, then the process dies.
     store = await Store.open(cfg.storage.path)
-    service = Service(
-        store,
-        cfg.delivery,
-        public_url=cfg.server.public_url,
-        secret="s",
-        suppressed=set(),
-        on_new_work=lambda: None,
-    )
+    service = bare_service(store, cfg)
     first = await service.accept(service.validate({"to_number": NUMBER, "message": "one"}))
     second = await service.accept(service.validate({"to_number": NUMBER, "message": "two"}))
     other = await service.accept(service.validate({"to_number": OTHER_NUMBER, "message": "3"}))

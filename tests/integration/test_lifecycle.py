@@ -72,6 +72,17 @@ async def start_simulator(workdir: Path, latency: float) -> tuple[int, Process]:
     return port, proc
 
 
+async def serve(workdir: Path, config: Path, port: int, name: str = "daemon") -> Process:
+    """`dispatchd serve` as a subprocess, once /readyz answers (stopped if it never does)."""
+    proc = Process(name, ["serve", "--config", str(config)], workdir, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 async def post(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
     async with session.post(f"http://127.0.0.1:{port}/messages", json=SEND) as resp:
         assert resp.status == 202
@@ -101,9 +112,8 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_0(workdir: Path) -
     sim_port, sim = await start_simulator(workdir, latency=1.0)
     port = free_port()
     config = write_config(workdir, port, sim_port)
-    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    daemon = await serve(workdir, config, port)
     try:
-        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
         async with aiohttp.ClientSession() as session:
             ids = [(await post(session, port))["id"] for _ in range(5)]
 
@@ -128,9 +138,8 @@ async def test_grace_runs_out_then_unfinished_work_is_released_and_second_signal
     sim_port, sim = await start_simulator(workdir, latency=30.0)
     port = free_port()
     config = write_config(workdir, port, sim_port, server="shutdown_grace = 0.3\n")
-    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    daemon = await serve(workdir, config, port)
     try:
-        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
         async with aiohttp.ClientSession() as session:
             msg_id = (await post(session, port))["id"]
 
@@ -148,8 +157,7 @@ async def test_grace_runs_out_then_unfinished_work_is_released_and_second_signal
 
         # Second run: with a long grace, a second SIGTERM exits at once.
         config = write_config(workdir, port, sim_port, server="shutdown_grace = 60\n")
-        daemon = Process("daemon2", ["serve", "--config", str(config)], workdir, {})
-        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
+        daemon = await serve(workdir, config, port, name="daemon2")
         async with aiohttp.ClientSession() as session:
             await wait_for(sending, what="the released message is tried again")
         daemon.proc.send_signal(signal.SIGTERM)
@@ -170,9 +178,8 @@ async def test_sighup_reloads_weights_and_rejects_a_bad_config(workdir: Path) ->
     sim_port, sim = await start_simulator(workdir, latency=0.0)
     port = free_port()
     config = write_config(workdir, port, sim_port, weights=(100, 0))
-    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    daemon = await serve(workdir, config, port)
     try:
-        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
         async with aiohttp.ClientSession() as session:
 
             async def provider_of(msg_id: str) -> str | None:
@@ -246,9 +253,8 @@ async def test_json_logs_carry_event_fields_and_no_tokens(workdir: Path) -> None
     sim_port, sim = await start_simulator(workdir, latency=0.0)
     port = free_port()
     config = write_config(workdir, port, sim_port, log='format = "json"\n')
-    daemon = Process("daemon", ["serve", "--config", str(config)], workdir, {})
+    daemon = await serve(workdir, config, port)
     try:
-        await wait_http(f"http://127.0.0.1:{port}/readyz", daemon)
         async with aiohttp.ClientSession() as session:
             msg_id = (await post(session, port))["id"]
 
