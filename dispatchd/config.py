@@ -65,6 +65,12 @@ class DeliveryConfig(_Section):
     """ISO 3166 region assumed for numbers written without a country code."""
     lease: float = Field(60.0, gt=0)
     """Seconds a claimed message stays reserved for this process before others may retry it."""
+    ordering: Literal["unordered", "per_recipient"] = "unordered"
+    """`per_recipient`: messages to one number go to providers in acceptance order, each
+    waiting until the previous one is sent or final; `unordered` is faster."""
+    smart_encoding: bool = False
+    """Replace typographic quotes, dashes, ellipses and non-breaking spaces with GSM-7
+    equivalents, so such text stays GSM-7 (messages can override it)."""
 
     @field_validator("default_region")
     @classmethod
@@ -169,6 +175,45 @@ class BreakerConfig(_Section):
         return BreakerSettings(**self.model_dump())
 
 
+class ApiConfig(_Section):
+    """Client authentication and request deduplication."""
+
+    keys: list[str] = []
+    """API keys accepted as `Authorization: Bearer <key>`, each as the key itself or as
+    `sha256:<hex digest of the key>`. Empty: no authentication, allowed only when the
+    server listens on a loopback address."""
+    keys_file: Path | None = None
+    """A file of further keys, one per line (same forms as `keys`; `#` starts a comment)."""
+    idempotency_ttl: float = Field(86_400, gt=0, le=30 * 86_400)
+    """Seconds an `Idempotency-Key` and its saved response are kept."""
+    metrics_auth: bool = False
+    """Require an API key on `/metrics` too (open by default, for scrapers on a private net)."""
+
+
+class WebhooksConfig(_Section):
+    """Status callbacks: dispatchd POSTs each status change to the client's URL."""
+
+    secret: str = ""
+    """Key of the `Dispatchd-Signature` HMAC-SHA256; status callbacks need one."""
+    default_url: str | None = None
+    """Status callback URL for messages that do not name one."""
+    timeout: float = Field(5.0, gt=0, le=300)
+    """Seconds to wait for the client's answer to a callback."""
+    max_attempts: int = Field(10, ge=1, le=1000)
+    """Tries per callback before it is given up (5xx, 408, 429, timeouts are retried)."""
+    backoff_initial: float = Field(1.0, ge=0)
+    """Seconds before the 2nd try; doubles per try, jittered."""
+    backoff_max: float = Field(600.0, ge=0)
+    """Upper bound of the delay between tries, in seconds."""
+    concurrency: int = Field(16, ge=1, le=1000)
+    """Callback requests in flight at most (apart from provider traffic)."""
+
+    @field_validator("default_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+
 class ControlConfig(_Section):
     socket: Path | None = None
     """Unix socket of the operator console (mode 0600); default: the database path with
@@ -209,6 +254,8 @@ class Config(BaseSettings):
     control: ControlConfig = ControlConfig()
     log: LogConfig = LogConfig()
     breaker: BreakerConfig = BreakerConfig()
+    api: ApiConfig = ApiConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     def breaker_settings(self) -> BreakerSettings:
         """The `[breaker]` section as the breaker state machine takes it."""

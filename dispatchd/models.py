@@ -78,6 +78,9 @@ class Message:
     error_code: str | None = None
     error_detail: str | None = None
     next_attempt_at: float | None = None
+    send_at: float | None = None  # when the client scheduled it for; None: at once
+    validity_period: float | None = None  # seconds, overriding [delivery] max_age
+    status_callback_url: str | None = None
     attempts: tuple[Attempt, ...] = field(default=())
     history: tuple[HistoryEntry, ...] = field(default=())
 

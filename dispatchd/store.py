@@ -41,7 +41,7 @@ T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
 
 APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -60,7 +60,10 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at REAL NOT NULL,
     expires_at REAL NOT NULL,
     next_attempt_at REAL,
-    lease_until REAL
+    lease_until REAL,
+    send_at REAL,
+    validity_period REAL,
+    status_callback_url TEXT
 ) WITHOUT ROWID;
 -- Partial indexes keep the outbox claim O(log n) however many final messages pile up.
 CREATE INDEX IF NOT EXISTS messages_due ON messages(next_attempt_at) WHERE status = 'queued';
@@ -92,13 +95,79 @@ CREATE TABLE IF NOT EXISTS suppressions (
     reason TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- Idempotency keys (Stripe semantics): the first response to a key, replayed to repeats.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    location TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys(expires_at);
+-- Status callbacks to clients: a durable outbox, delivered in order per message.
+CREATE TABLE IF NOT EXISTS webhooks (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_http_status INTEGER,
+    last_error TEXT,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks(next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhooks_message ON webhooks(message_id, id);
+-- Triggers, so every status change, whichever statement makes it, queues its callback in the
+-- same transaction: none is lost to a crash between the change and the queueing.
+CREATE TRIGGER IF NOT EXISTS webhooks_on_insert AFTER INSERT ON messages
+WHEN new.status_callback_url IS NOT NULL
+BEGIN
+    INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
+    VALUES (new.id, new.status_callback_url, new.status,
+        json_object('id', new.id, 'status', new.status, 'to_number', new.to_number,
+            'provider', new.provider,
+            'error', CASE WHEN new.error_code IS NULL THEN NULL
+                ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
+            'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
+        new.updated_at, new.updated_at);
+END;
+CREATE TRIGGER IF NOT EXISTS webhooks_on_status AFTER UPDATE OF status ON messages
+WHEN new.status_callback_url IS NOT NULL AND new.status IS NOT old.status
+BEGIN
+    INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
+    VALUES (new.id, new.status_callback_url, new.status,
+        json_object('id', new.id, 'status', new.status, 'to_number', new.to_number,
+            'provider', new.provider,
+            'error', CASE WHEN new.error_code IS NULL THEN NULL
+                ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
+            'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
+        new.updated_at, new.updated_at);
+END;
 """
+
+# Upgrades from each older schema version, run before SCHEMA (which creates what is missing).
+MIGRATIONS = {
+    2: [
+        "ALTER TABLE messages ADD COLUMN send_at REAL",
+        "ALTER TABLE messages ADD COLUMN validity_period REAL",
+        "ALTER TABLE messages ADD COLUMN status_callback_url TEXT",
+    ],
+}
 
 MESSAGE_COLUMNS = (
     "id, to_number, body, status, segments, encoding, provider, provider_message_id, "
-    "error_code, error_detail, attempt_count, created_at, updated_at, expires_at, next_attempt_at"
+    "error_code, error_detail, attempt_count, created_at, updated_at, expires_at, "
+    "next_attempt_at, send_at, validity_period, status_callback_url"
 )
-INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 INSERT_HISTORY = "INSERT INTO history (message_id, status, at, detail) VALUES (?, ?, ?, ?)"
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (message_id, provider, started_at, outcome, http_status, latency_ms, "
@@ -242,6 +311,9 @@ def _message_from_row(row: Sequence[Any]) -> Message:
         updated_at=row[12],
         expires_at=row[13],
         next_attempt_at=row[14],
+        send_at=row[15],
+        validity_period=row[16],
+        status_callback_url=row[17],
     )
 
 
@@ -262,6 +334,9 @@ def _message_params(msg: Message) -> tuple[Any, ...]:
         msg.updated_at,
         msg.expires_at,
         msg.next_attempt_at,
+        msg.send_at,
+        msg.validity_period,
+        msg.status_callback_url,
     )
 
 
@@ -305,6 +380,10 @@ def _prepare(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if tables:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(target, []):
+                    conn.execute(statement)
         # executescript would COMMIT our IMMEDIATE transaction, so run statement by statement.
         for statement in _statements(SCHEMA):
             conn.execute(statement)
@@ -332,8 +411,19 @@ def _lock(path: Path) -> IO[bytes]:
 
 
 def _statements(script: str) -> list[str]:
-    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Split a script into statements; a trigger's body keeps its inner semicolons."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
 
 
 class Store:
@@ -856,6 +946,9 @@ def seed_backlog(path: Path, count: int, chunk: int = 50_000) -> None:
                         now,
                         now,
                         now + 3600,
+                        None,
+                        None,
+                        None,
                         None,
                     )
                     for k, i in enumerate(batch, done)

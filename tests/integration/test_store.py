@@ -153,3 +153,36 @@ async def test_a_failing_write_alone_leaves_the_store_usable(store: Store) -> No
         await store.insert(msg)
     await store.insert(_message(ids))
     assert store_mod.count_messages(store.path) == 2
+
+
+async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    ids = IdGenerator()
+    store = await Store.open(path)
+    kept = _message(ids)
+    await store.insert(kept)
+    await store.close()
+    # Turn the file back into what version 1 wrote: no scheduling, validity or callback columns.
+    conn = sqlite3.connect(path)
+    for trigger in ("webhooks_on_insert", "webhooks_on_status"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP TABLE webhooks")
+    conn.execute("DROP TABLE idempotency_keys")
+    for column in ("send_at", "validity_period", "status_callback_url"):
+        conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    store = await Store.open(path)
+    try:
+        got = await store.get(kept.id)
+        assert got is not None and got.body == "hello" and got.send_at is None
+        fresh = _message(ids)
+        await store.insert(fresh)
+        assert (await store.get(fresh.id)) is not None
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    conn.close()
