@@ -91,6 +91,7 @@ class EventBus:
         self._queue_size = queue_size
         self._counts: Counter[str] = Counter()
         self._rates: deque[dict[str, float]] = deque(maxlen=rate_history)
+        self._listeners: list[Callable[[Event], None]] = []
 
     @property
     def seq(self) -> int:
@@ -112,6 +113,12 @@ class EventBus:
             self._counts[series] += 1
         for sub in self._subscribers:
             sub.offer(event)
+        for listener in self._listeners:
+            listener(event)
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener` synchronously with every event; it must be cheap and never raise."""
+        self._listeners.append(listener)
 
     def subscribe(self, maxsize: int | None = None) -> Subscription:
         sub = Subscription(maxsize or self._queue_size)

@@ -18,7 +18,7 @@ from dispatchd.events import EventBus
 from dispatchd.ids import IdGenerator
 from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status
 from dispatchd.numbers import NumberError, to_e164
-from dispatchd.store import ReportResult, Store
+from dispatchd.store import ReportResult, SavedResponse, Store
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,18 @@ class Service:
             raise ValidationFailed(errors)
         return SendRequest(e164, text, seg.segments, seg.encoding.value)
 
-    async def accept(self, request: SendRequest, *, retry_of: str | None = None) -> Message:
-        """Store a new message durably and wake the worker; refuse suppressed numbers."""
+    async def accept(
+        self,
+        request: SendRequest,
+        *,
+        retry_of: str | None = None,
+        save_response: Callable[[Message], SavedResponse] | None = None,
+    ) -> Message:
+        """Store a new message durably and wake the worker; refuse suppressed numbers.
+
+        `save_response` renders the response to keep for an idempotency key; it is stored
+        in the message's own transaction, so a crash cannot keep one without the other.
+        """
         if request.to_number in self._suppressed:
             raise NumberSuppressed(
                 f"{request.to_number} was reported invalid by a provider; "
@@ -158,7 +168,8 @@ class Service:
             next_attempt_at=now,
         )
         detail = "accepted" if retry_of is None else f"accepted: operator retry of {retry_of}"
-        await self.store.insert(msg, detail)
+        saved = save_response(msg) if save_response is not None else None
+        await self.store.insert(msg, detail, saved)
         logger.info("event=accepted id=%s segments=%d", msg.id, msg.segments)
         self._events.publish(
             "accepted",

@@ -168,6 +168,10 @@ MESSAGE_COLUMNS = (
     "next_attempt_at, send_at, validity_period, status_callback_url"
 )
 INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+SAVE_RESPONSE = (
+    "INSERT OR REPLACE INTO idempotency_keys (scope, key, request_hash, status, body, location, "
+    "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 INSERT_HISTORY = "INSERT INTO history (message_id, status, at, detail) VALUES (?, ?, ?, ?)"
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (message_id, provider, started_at, outcome, http_status, latency_ms, "
@@ -281,6 +285,32 @@ class Claimed:
     body: str
     attempt: int
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SavedResponse:
+    """The response to an idempotent request, stored in the same transaction as its effect."""
+
+    scope: str
+    key: str
+    request_hash: str
+    status: int
+    body: str
+    location: str | None
+    created_at: float
+    expires_at: float
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.scope,
+            self.key,
+            self.request_hash,
+            self.status,
+            self.body,
+            self.location,
+            self.created_at,
+            self.expires_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,10 +608,36 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def insert(self, msg: Message, detail: str | None = None) -> None:
-        """Persist a new message and its first history entry, durably."""
+    async def insert(
+        self, msg: Message, detail: str | None = None, saved: SavedResponse | None = None
+    ) -> None:
+        """Persist a new message and its first history entry (and `saved`), durably."""
         history = (msg.id, msg.status.value, msg.created_at, detail)
-        await self._write(_Insert(_message_params(msg), history))
+        if saved is None:
+            await self._write(_Insert(_message_params(msg), history))
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_MESSAGE, _message_params(msg))
+            conn.execute(INSERT_HISTORY, history)
+            conn.execute(SAVE_RESPONSE, saved.row())
+
+        await self._write(op)
+
+    async def insert_many(
+        self, msgs: Sequence[Message], detail: str | None = None, saved: SavedResponse | None = None
+    ) -> None:
+        """Persist new messages (and `saved`) in one transaction: all of them or none."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(INSERT_MESSAGE, [_message_params(m) for m in msgs])
+            conn.executemany(
+                INSERT_HISTORY, [(m.id, m.status.value, m.created_at, detail) for m in msgs]
+            )
+            if saved is not None:
+                conn.execute(SAVE_RESPONSE, saved.row())
+
+        await self._write(op)
 
     async def claim(self, now: float, limit: int, lease: float) -> list[Claimed]:
         """Reserve up to `limit` due messages (expired leases first) until `now + lease`."""
