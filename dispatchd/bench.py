@@ -22,12 +22,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import aiohttp
 from aiohttp import web
 
 from dispatchd import store as store_mod
+from dispatchd.client import ApiError, Client
 from dispatchd.health import percentile as nearest_rank
 
 # The same body for every phase, so the ceiling parses exactly what the daemon parses.
@@ -79,8 +80,13 @@ async def drive(
     expect: int,
     label: str,
     out: TextIO,
+    accepted: asyncio.Queue[str] | None = None,
 ) -> LoadResult:
-    """Closed-loop load: `concurrency` clients POSTing PAYLOAD back to back."""
+    """Closed-loop load: `concurrency` clients POSTing PAYLOAD back to back.
+
+    With `accepted`, the id of each 202 is offered to it (dropped when it is full), for
+    watchers; otherwise answers are not parsed, so the load generator stays cheap.
+    """
     result = LoadResult()
     budget = [requests if requests is not None else -1]
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -94,8 +100,10 @@ async def drive(
             t0 = time.perf_counter()
             try:
                 async with session.post(url, data=PAYLOAD, headers=HEADERS) as resp:
-                    await resp.read()
+                    body = await resp.read()
                     good = resp.status == expect
+                if good and accepted is not None and not accepted.full():
+                    accepted.put_nowait(json.loads(body)["id"])
             except aiohttp.ClientError:
                 good = False
             result.requests += 1
@@ -154,6 +162,15 @@ class Process:
             env={**os.environ, **env},
             cwd=workdir,
         )
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time used so far, or 0 where /proc is missing."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # utime and stime are fields 14 and 15 of stat(5), in clock ticks.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory (VmHWM) in MiB, or 0 where /proc is missing."""
@@ -301,6 +318,9 @@ class BenchOptions:
     e2e_duration: float
     backlog: int
     delivery_concurrency: int
+    # Live-status watchers during a second end-to-end phase (0: no such phase).
+    watchers: int = 0
+    watch_with: Literal["events", "poll"] = "events"
 
 
 async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> LoadResult:
@@ -314,7 +334,12 @@ async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> Load
 
 
 async def _accept(
-    base: str, opts: BenchOptions, label: str, out: TextIO, duration: float | None = None
+    base: str,
+    opts: BenchOptions,
+    label: str,
+    out: TextIO,
+    duration: float | None = None,
+    accepted: asyncio.Queue[str] | None = None,
 ) -> LoadResult:
     """POST /messages at `base` with the run's concurrency, for `duration` or the run's."""
     return await drive(
@@ -325,6 +350,7 @@ async def _accept(
         expect=202,
         label=label,
         out=out,
+        accepted=accepted,
     )
 
 
@@ -362,7 +388,11 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
                 report["accept"]["ratio_to_ceiling"] = round(
                     accept.rate / ceiling.rate if ceiling.rate else 0.0, 3
                 )
-                report["end_to_end"] = await _phase_e2e(base, db, opts, out)
+                report["end_to_end"] = await _phase_e2e(base, db, opts, out, d)
+                if opts.watchers:
+                    report["end_to_end_watched"] = await _phase_e2e(
+                        base, db, opts, out, d, watchers=opts.watchers
+                    )
                 report["daemon_peak_rss_mb"] = round(d.peak_rss_mb(), 1)
             if opts.backlog:
                 report["backlog"] = await _phase_backlog(workdir, sim_port, opts, out)
@@ -371,23 +401,85 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
     return report
 
 
-async def _phase_e2e(base: str, db: Path, opts: BenchOptions, out: TextIO) -> dict[str, Any]:
+async def _phase_e2e(
+    base: str, db: Path, opts: BenchOptions, out: TextIO, daemon: Process, watchers: int = 0
+) -> dict[str, Any]:
     before = store_mod.count_messages(db)
+    cpu_before = daemon.cpu_seconds()
     started = time.time()
-    load = await _accept(base, opts, "end to end", out, duration=opts.e2e_duration)
-    finished = await _wait_all_final(db, within=600)
+    label = f"end to end, {watchers} watchers" if watchers else "end to end"
+    async with _watching(base, watchers, opts.watch_with) as watch:
+        load = await _accept(
+            base, opts, label, out, duration=opts.e2e_duration, accepted=watch.queue
+        )
+        finished = await _wait_all_final(db, within=600)
+    cpu = daemon.cpu_seconds() - cpu_before
     delivered, latencies = store_mod.delivery_latencies(db, since=started)
     seconds = finished - started
+    extra = (
+        {"watchers": watchers, "watched": watch.watched, "watch_errors": watch.errors}
+        if watchers
+        else {}
+    )
     return {
+        **extra,
         "sent_requests": load.ok,
         "delivered": delivered,
         "new_messages": store_mod.count_messages(db) - before,
         "seconds": round(seconds, 3),
         "delivered_per_s": round(delivered / seconds, 1) if seconds else 0.0,
+        # The daemon's own cost, whatever the load generator (and watchers) cost.
+        "daemon_cpu_ms_per_message": round(1000 * cpu / delivered, 2) if delivered else 0.0,
         "p50_ms": round(percentile(latencies, 50), 1),
         "p95_ms": round(percentile(latencies, 95), 1),
         "p99_ms": round(percentile(latencies, 99), 1),
     }
+
+
+@dataclass
+class Watching:
+    """Live-status watchers fed with accepted ids, and how their watches ended."""
+
+    queue: asyncio.Queue[str] | None
+    watched: int = 0  # followed to a final status
+    errors: int = 0
+
+
+@contextlib.asynccontextmanager
+async def _watching(base: str, count: int, mode: str) -> AsyncIterator[Watching]:
+    """`count` watchers, each following one fresh message to its final status at a time,
+    through `dispatchd.client` (SSE or long polling) on their own connections."""
+    if not count:
+        yield Watching(None)
+        return
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=count)
+    watch = Watching(queue)
+
+    async def follow(client: Client, msg_id: str) -> bool:
+        if mode == "poll":
+            return (await client.wait_for_final(msg_id, timeout=600)).final
+        return any([e.final async for e in client.events(msg_id)])
+
+    async def watcher(client: Client) -> None:
+        while True:
+            msg_id = await queue.get()
+            try:
+                final = await follow(client, msg_id)
+            except (ApiError, aiohttp.ClientError, TimeoutError):
+                final = False
+            watch.watched += final
+            watch.errors += not final
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = Client(base, session=session)
+        tasks = [asyncio.create_task(watcher(client), name="bench-watcher") for _ in range(count)]
+        try:
+            yield watch
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _phase_backlog(
@@ -440,6 +532,16 @@ def render(report: dict[str, Any]) -> str:
             e2e,
             "delivered_per_s",
             f"{e2e['delivered']:,} delivered in {e2e['seconds']:.1f}s, accept->delivered",
+        )
+    watched = report.get("end_to_end_watched")
+    if watched:
+        add(
+            f"end to end, {watched['watchers']:,} watchers",
+            watched,
+            "delivered_per_s",
+            f"{watched['delivered']:,} delivered, {watched['watched']:,} followed to final, "
+            f"daemon CPU {watched['daemon_cpu_ms_per_message']:.2f} ms/msg "
+            f"(vs {e2e['daemon_cpu_ms_per_message'] if e2e else 0:.2f})",
         )
     backlog = report.get("backlog")
     if backlog:

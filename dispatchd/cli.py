@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--delivery-concurrency", type=int, default=128, help="the daemon's [delivery] concurrency"
     )
+    bench.add_argument(
+        "--watchers",
+        type=int,
+        default=0,
+        help="repeat the end-to-end phase with this many live-status watchers",
+    )
+    bench.add_argument(
+        "--watch-with",
+        choices=["events", "poll"],
+        default="events",
+        help="how watchers follow messages: Server-Sent Events or long polling",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ceiling = sub.add_parser("bench-ceiling", help=argparse.SUPPRESS)
@@ -81,6 +93,10 @@ def _serve(cfg: config_mod.Config, path: Path) -> int:
 
     try:
         return asyncio.run(serve(cfg, path))
+    except ConfigError as exc:
+        # Checks that need more than the file: API keys from `keys_file`, exposure.
+        print(f"dispatchd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
     except (StoreError, ControlSocketError) as exc:
         print(f"dispatchd: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -142,6 +158,8 @@ def _bench(args: argparse.Namespace) -> int:
         e2e_duration=args.e2e_duration,
         backlog=args.backlog,
         delivery_concurrency=args.delivery_concurrency,
+        watchers=args.watchers,
+        watch_with=args.watch_with,
     )
     return bench.main(opts, as_json=args.json)
 

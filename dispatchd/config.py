@@ -9,7 +9,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from dispatchd.breaker import BreakerSettings
 from dispatchd.errors import ConfigError
@@ -180,10 +185,12 @@ class ApiConfig(_Section):
 
     keys: list[str] = []
     """API keys accepted as `Authorization: Bearer <key>`, each as the key itself or as
-    `sha256:<hex digest of the key>`. Empty: no authentication, allowed only when the
+    `sha256:<hex digest of the key>`; from the environment as a JSON list
+    (`DISPATCHD_API__KEYS='["k1","k2"]'`). Empty: no authentication, allowed only when the
     server listens on a loopback address."""
     keys_file: Path | None = None
-    """A file of further keys, one per line (same forms as `keys`; `#` starts a comment)."""
+    """A file of further keys, one per line (same forms as `keys`; `#` starts a comment);
+    read at start, and a file that cannot be read stops the start (exit 78)."""
     idempotency_ttl: float = Field(86_400, gt=0, le=30 * 86_400)
     """Seconds an `Idempotency-Key` and its saved response are kept."""
     metrics_auth: bool = False
@@ -212,6 +219,16 @@ class WebhooksConfig(_Section):
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhooksConfig:
+        # Unsigned callbacks could be forged by anyone who learns the URL, so none are sent.
+        if self.default_url is not None and not self.secret:
+            raise ValueError(
+                "default_url is set but secret is empty; status callbacks are signed with "
+                "secret, so set webhooks.secret too"
+            )
+        return self
 
 
 class ControlConfig(_Section):
@@ -348,3 +365,8 @@ def load(path: Path | None, *, must_exist: bool = False) -> Config:
         return Config(**data)
     except ValidationError as exc:
         raise ConfigError(f"{path or 'config'}: {describe(exc)}") from exc
+    except SettingsError as exc:
+        # A DISPATCHD_* variable holding a list or table that is not JSON.
+        raise ConfigError(
+            f"environment: {exc}; give lists as JSON, e.g. DISPATCHD_API__KEYS='[\"key\"]'"
+        ) from exc

@@ -16,20 +16,26 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from dispatchd import auth
 from dispatchd import config as config_mod
+from dispatchd import store as store_mod
 from dispatchd.config import Config
 from dispatchd.connections import make_runner
 from dispatchd.control import ControlDeps, ControlServer, make_control_app
-from dispatchd.errors import ConfigError, StoreError
+from dispatchd.errors import ConfigError, StoreError, StoreUnavailable
 from dispatchd.events import EventBus
 from dispatchd.health import HealthRegistry
+from dispatchd.idempotency import Idempotency
+from dispatchd.metrics import Metrics
 from dispatchd.providers import ProviderClient
 from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
 from dispatchd.simulator import SimulatorState, make_simulator_app
-from dispatchd.store import Store
+from dispatchd.store import QueueStats, Store
 from dispatchd.systemd import Notifier
+from dispatchd.watch import Watchers
 from dispatchd.web import WebDeps, make_app
+from dispatchd.webhooks import Sender, SenderSettings, restart_only_changes
 from dispatchd.worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -53,9 +59,18 @@ class Daemon:
         self._rng = rng or random.Random()
         self.simulator = simulator_state or SimulatorState(config.simulator)
         self.events = EventBus(clock=clock)
+        # Live-status watchers (SSE, long polls): woken by every event naming a message.
+        self.watchers = Watchers()
+        self.events.add_listener(self.watchers.on_event)
         self.health = HealthRegistry(
             config.providers, clock=clock, breaker=config.breaker_settings()
         )
+        self.metrics = Metrics(
+            stats=self._queue_stats, breakers=self.health.breaker_states, clock=clock
+        )
+        self.health.add_observer(self.metrics.observe_call)
+        self.idempotency: Idempotency | None = None
+        self._purge_task: asyncio.Task[None] | None = None
         self.control: ControlServer | None = None
         self.store: Store | None = None
         self.service: Service | None = None
@@ -63,6 +78,10 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        # Status callbacks: their own session and task, so client endpoints never slow delivery.
+        self.webhooks: Sender | None = None
+        self._webhook_session: aiohttp.ClientSession | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.failed = asyncio.Event()
@@ -71,7 +90,12 @@ class Daemon:
     async def start(self) -> None:
         """Open the store, recover orphaned work, bind the listener, start delivering."""
         cfg = self.config
-        store = self.store = await Store.open(cfg.storage.path)
+        # Before anything is opened: a refused config leaves nothing to clean up.
+        keys = auth.load_keys(cfg.api)
+        auth.check_exposure(keys, cfg.server.host)
+        store = self.store = await Store.open(
+            cfg.storage.path, ordered=cfg.delivery.ordering == "per_recipient"
+        )
         recovered = await store.release_all_leases(self._clock())
         if recovered:
             logger.info("event=recovered_after_restart count=%d", recovered)
@@ -89,6 +113,7 @@ class Daemon:
             on_new_work=lambda: worker_ref[0].wake(),
             clock=self._clock,
             events=self.events,
+            webhooks=cfg.webhooks,
         )
         d = cfg.delivery
         worker = self.worker = Worker(
@@ -106,6 +131,7 @@ class Daemon:
             rng=self._rng,
             health=self.health,
             events=self.events,
+            on_moved=self.watchers.wake_many,
         )
         worker_ref.append(worker)
         control_deps = ControlDeps(
@@ -120,7 +146,21 @@ class Daemon:
         )
         self.control = ControlServer(make_control_app(control_deps), cfg.control_socket)
         await self.control.start()
-        app = make_app(WebDeps(service, d.default_region, self._not_ready_reason))
+        idempotency = self.idempotency = Idempotency(
+            store, ttl=cfg.api.idempotency_ttl, clock=self._clock
+        )
+        app = make_app(
+            WebDeps(
+                service,
+                d.default_region,
+                self._not_ready_reason,
+                watchers=self.watchers,
+                keys=keys,
+                idempotency=idempotency,
+                metrics=self.metrics,
+                metrics_auth=cfg.api.metrics_auth,
+            )
+        )
         if cfg.simulator.enabled:
             app.add_subapp("/simulator/", make_simulator_app(self.simulator))
         self._runner = make_runner(app)
@@ -129,8 +169,11 @@ class Daemon:
         await site.start()
         self.port = self._runner.addresses[0][1]
         self._store_watch = asyncio.create_task(self.watch_store(), name="store-watch")
+        self._purge_task = asyncio.create_task(idempotency.purge_loop(), name="idempotency-purge")
+        self._purge_task.add_done_callback(self._purge_ended)
         self._worker_task = asyncio.create_task(worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_ended)
+        self._start_webhooks(store)
         logger.info(
             "event=started host=%s port=%d db=%s control=%s providers=%s simulator=%s",
             cfg.server.host,
@@ -140,6 +183,41 @@ class Daemon:
             ",".join(f"{p.name}:{p.weight}" for p in cfg.providers),
             cfg.simulator.enabled,
         )
+
+    def _start_webhooks(self, store: Store) -> None:
+        """Start the status-callback sender; pending callbacks from before a restart go first."""
+        settings = SenderSettings.from_config(self.config.webhooks)
+        self._webhook_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0),
+        )
+        sender = self.webhooks = Sender(
+            store,
+            self._webhook_session,
+            settings,
+            clock=self._clock,
+            rng=self._rng,
+            events=self.events,
+        )
+        self._webhook_task = asyncio.create_task(sender.run(), name="webhooks")
+        self._webhook_task.add_done_callback(self._webhooks_ended)
+
+    def _webhooks_ended(self, task: asyncio.Task[None]) -> None:
+        # Like the worker: it only returns when stopped; otherwise callbacks are dead.
+        if task.cancelled() or self.webhooks is None or self.webhooks.stopping:
+            return
+        logger.error("event=webhooks_died error=%r", task.exception())
+        self.failed.set()
+
+    def _purge_ended(self, task: asyncio.Task[None]) -> None:
+        # It loops until cancelled (storage errors are retried): anything else is a bug.
+        if not task.cancelled():
+            logger.error("event=idempotency_purge_died error=%r", task.exception())
+            self.failed.set()
+
+    async def _queue_stats(self) -> QueueStats:
+        if self.store is None or self.store.closed:
+            raise StoreUnavailable("the store is not open")
+        return await store_mod.queue_stats(self.store)
 
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
         # The worker only returns when stopped; anything else means delivery is dead.
@@ -168,18 +246,22 @@ class Daemon:
         old = self.config
         if [p.name for p in new.providers] != [p.name for p in old.providers]:
             raise ConfigError("providers: adding, removing or reordering providers needs a restart")
-        # Only the provider list and the breaker are live; anything else needs a restart.
-        frozen = {"providers", "breaker"}
+        # Only the provider list, the breaker and the webhook timings are live; anything else
+        # needs a restart.
+        frozen = {"providers", "breaker", "webhooks"}
         changed = [
             key
             for key in type(old).model_fields
             if key not in frozen and getattr(new, key) != getattr(old, key)
         ]
+        changed += restart_only_changes(old.webhooks, new.webhooks)
         if changed:
             raise ConfigError(f"{', '.join(changed)}: changing these needs a restart")
         self.health.reconfigure(new.providers, new.breaker_settings())
         if self.worker is not None:
             self.worker.update_providers(new.providers)
+        if self.webhooks is not None:
+            self.webhooks.update(new.webhooks)
         self.config = new
         logger.info(
             "event=config_reloaded providers=%s",
@@ -215,6 +297,10 @@ class Daemon:
             await self._runner.cleanup()
         if self._store_watch is not None:
             self._store_watch.cancel()
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+        # Callbacks finish (or stay pending for the next start) alongside the deliveries.
+        webhooks_stopped = asyncio.create_task(self._stop_webhooks(grace), name="webhooks-stop")
         if self.worker is not None:
             abandoned = await self.worker.stop(grace)
             if abandoned and self.store is not None:
@@ -223,6 +309,7 @@ class Daemon:
                     await self.store.release(abandoned, self._clock(), "released at shutdown")
         if self._worker_task is not None:
             await asyncio.gather(self._worker_task, return_exceptions=True)
+        await webhooks_stopped
         if self.control is not None:
             await self.control.stop()
         if self._session is not None:
@@ -230,6 +317,14 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
         logger.info("event=stopped")
+
+    async def _stop_webhooks(self, grace: float) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop(grace)
+        if self._webhook_task is not None:
+            await asyncio.gather(self._webhook_task, return_exceptions=True)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
 
 
 async def serve(config: Config, config_path: Path | None = None) -> int:

@@ -6,7 +6,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-__all__ = ["Encoding", "Segmentation", "segment"]
+__all__ = ["Encoding", "Segmentation", "segment", "smart_encode"]
 
 
 class Encoding(enum.StrEnum):
@@ -96,3 +96,28 @@ def _pack(text: str, wide: re.Pattern[str], capacity: int) -> int:
     if used > capacity:
         parts += (used - 1) // capacity
     return parts
+
+
+# Typographic characters that word processors and phones substitute for plain ones. Each
+# would force the whole message into UCS-2 (70 characters a segment instead of 160), and
+# each has an equivalent in the GSM-7 alphabet that reads the same on a phone.
+_SMART_MAP: dict[str, str] = {
+    # Single quotes, primes and the modifier-letter apostrophe.
+    **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2035\u02bc", "'"),
+    # Double quotes, double primes and guillemets.
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u2036\u00ab\u00bb", '"'),
+    # Hyphen, non-breaking hyphen, figure, en, em and horizontal-bar dashes, minus sign.
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
+    "\u2026": "...",  # horizontal ellipsis
+    # No-break, en/em/thin/hair and the other fixed-width spaces, ideographic space.
+    **dict.fromkeys("\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006", " "),
+    **dict.fromkeys("\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "),
+    # Invisible: zero-width space, word joiner, BOM/zero-width no-break space, soft hyphen.
+    **dict.fromkeys("\u200b\u2060\ufeff\u00ad", ""),
+}
+_SMART_TABLE = str.maketrans(_SMART_MAP)
+
+
+def smart_encode(text: str) -> str:
+    """Replace typographic quotes, dashes, ellipses and unicode spaces with GSM-7 ones."""
+    return text.translate(_SMART_TABLE)

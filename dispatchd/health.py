@@ -257,10 +257,24 @@ class HealthRegistry:
         self._degraded_below = degraded_below
         self._min_calls = min_calls
         self._next_tick = 0.0
+        self._observers: list[Callable[[str, str, float], None]] = []
 
     @property
     def names(self) -> list[str]:
         return list(self._providers)
+
+    def add_observer(self, observer: Callable[[str, str, float], None]) -> None:
+        """Call `observer(provider, outcome, latency_ms)` after every counted call (metrics)."""
+        self._observers.append(observer)
+
+    def _observe(self, name: str, *, ok: bool, transport_ok: bool, latency_ms: float) -> None:
+        outcome = "accepted" if ok else "rejected" if transport_ok else "unavailable"
+        for observer in self._observers:
+            observer(name, outcome, latency_ms)
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """Each provider's breaker state."""
+        return {name: p.breaker.state for name, p in self._providers.items()}
 
     @property
     def breaker_settings(self) -> BreakerSettings:
@@ -392,6 +406,7 @@ class HealthRegistry:
         provider.in_flight -= 1
         now = self._clock()
         provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
+        self._observe(provider.name, ok=ok, transport_ok=transport_ok, latency_ms=latency_ms)
         transitions = provider.breaker.record(
             now, ok=transport_ok, latency_ms=latency_ms, probe=permit.probe
         )
@@ -421,6 +436,7 @@ class HealthRegistry:
         now = self._clock()
         provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
         transport = ok if transport_ok is None else transport_ok
+        self._observe(name, ok=ok, transport_ok=transport, latency_ms=latency_ms)
         transitions = provider.breaker.record(now, ok=transport, latency_ms=latency_ms, probe=False)
         return self._changed(provider, transitions) if transitions else []
 

@@ -62,6 +62,20 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusCallback:
+    """One status change queued for the client's status callback URL, and how sending it went."""
+
+    status: Status
+    url: str
+    state: str  # pending | delivered | failed (given up)
+    attempts: int
+    last_http_status: int | None
+    last_error: str | None
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     id: str
     to_number: str
@@ -83,6 +97,7 @@ class Message:
     status_callback_url: str | None = None
     attempts: tuple[Attempt, ...] = field(default=())
     history: tuple[HistoryEntry, ...] = field(default=())
+    callbacks: tuple[StatusCallback, ...] = field(default=())  # loaded by Store.get only
 
 
 @dataclass(frozen=True, slots=True)

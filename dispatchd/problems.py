@@ -32,6 +32,15 @@ class Problem(Exception):
         self.headers = dict(headers or {})
 
     def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            text=json.dumps(self.body()),
+            content_type="application/problem+json",
+            headers=self.headers,
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The problem as a JSON object (also embedded in batch results)."""
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE + self.code,
             "title": self.title,
@@ -43,9 +52,4 @@ class Problem(Exception):
             body["errors"] = [
                 {"field": e.field, "code": e.code, "message": e.message} for e in self.errors
             ]
-        return web.Response(
-            status=self.status,
-            text=json.dumps(body),
-            content_type="application/problem+json",
-            headers=self.headers,
-        )
+        return body

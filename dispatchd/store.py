@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import sqlite3
 import time
@@ -33,6 +34,7 @@ from dispatchd.models import (
     Message,
     Outcome,
     Status,
+    StatusCallback,
 )
 
 logger = logging.getLogger(__name__)
@@ -466,8 +468,16 @@ class Store:
         reader: aiosqlite.Connection,
         executor: ThreadPoolExecutor,
         lock_file: IO[bytes],
+        *,
+        ordered: bool = False,
     ) -> None:
         self.path = path
+        # Per-recipient ordering: claim a message only after every earlier one to its number.
+        self._claim_sql = (
+            (CLAIM_LEASE_EXPIRED_ORDERED, CLAIM_DUE_ORDERED, NEXT_DUE_ORDERED)
+            if ordered
+            else (CLAIM_LEASE_EXPIRED, CLAIM_DUE, NEXT_DUE)
+        )
         self._writer = writer
         self._reader = reader
         self._executor = executor
@@ -480,8 +490,11 @@ class Store:
         self.last_error: str | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        """Open (creating if needed) the database at `path`; raise StoreError if unusable."""
+    async def open(cls, path: Path, *, ordered: bool = False) -> Store:
+        """Open (creating if needed) the database at `path`; raise StoreError if unusable.
+
+        `ordered`: hand messages to one number to providers in acceptance order.
+        """
         lock_file = _lock(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchd-writer")
         loop = asyncio.get_running_loop()
@@ -499,7 +512,7 @@ class Store:
             executor.shutdown(wait=False)
             lock_file.close()
             raise StoreError(f"cannot use {path}: {exc.message}") from exc
-        store = cls(path, writer, reader, executor, lock_file)
+        store = cls(path, writer, reader, executor, lock_file, ordered=ordered)
         store._flusher = asyncio.create_task(store._flush_loop(), name="store-group-commit")
         return store
 
@@ -644,10 +657,11 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[Claimed]:
             params = {"now": now, "lease_until": now + lease, "limit": limit}
-            rows = conn.execute(CLAIM_LEASE_EXPIRED, params).fetchall()
+            lease_expired, due, _ = self._claim_sql
+            rows = conn.execute(lease_expired, params).fetchall()
             if len(rows) < limit:
                 params["limit"] = limit - len(rows)
-                rows += conn.execute(CLAIM_DUE, params).fetchall()
+                rows += conn.execute(due, params).fetchall()
             conn.executemany(
                 INSERT_HISTORY, [(r[0], Status.SENDING.value, now, f"attempt {r[3]}") for r in rows]
             )
@@ -786,17 +800,19 @@ class Store:
         return next(iter(rows), None)
 
     async def get(self, msg_id: str) -> Message | None:
-        """The message with its attempts and history, or None."""
+        """The message with its attempts, history and status callbacks, or None."""
         try:
             row = await self._one(SELECT_MESSAGE, (msg_id,))
             if row is None:
                 return None
             attempts = await self._reader.execute_fetchall(SELECT_ATTEMPTS, (msg_id,))
             history = await self._reader.execute_fetchall(SELECT_HISTORY, (msg_id,))
+            callbacks = await self._reader.execute_fetchall(SELECT_CALLBACKS, (msg_id,))
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
         msg = _message_from_row(row)
-        return _with_details(msg, attempts, history)
+        msg = _with_details(msg, attempts, history)
+        return replace(msg, callbacks=_callbacks_from_rows(callbacks))
 
     async def search(
         self, *, to_number: str | None, status: Status | None, limit: int, cursor: str | None
@@ -827,7 +843,7 @@ class Store:
     async def next_wakeup(self) -> float | None:
         """Earliest time a queued message falls due or a lease runs out."""
         times = []
-        for sql in (NEXT_DUE, NEXT_LEASE_END):
+        for sql in (self._claim_sql[2], NEXT_LEASE_END):
             row = await self._one(sql, ())
             if row and row[0] is not None:
                 times.append(float(row[0]))
@@ -1082,3 +1098,216 @@ async def add_note(store: Store, msg_id: str, detail: str, now: float) -> bool:
         return bool(conn.execute(INSERT_NOTE, (now, detail, msg_id)).rowcount)
 
     return await store._write(op)
+
+
+# =========================================================================================
+# Status callbacks (webhooks) outbox, used by webhooks.py. The triggers in SCHEMA queue a
+# row for every status change of a message that has a status_callback_url; these read and
+# settle them.
+# =========================================================================================
+
+# Only the oldest pending row of a message is eligible, so a message's callbacks go out in
+# order: the next waits until the previous is delivered or given up. Rows already being sent
+# (in memory, passed as a JSON array) are left out so none is claimed twice.
+DUE_WEBHOOKS = """
+SELECT w.id, w.message_id, w.url, w.status, w.payload, w.attempts
+FROM webhooks AS w INDEXED BY webhooks_due
+WHERE w.state = 'pending' AND w.next_attempt_at <= :now
+    AND w.id NOT IN (SELECT value FROM json_each(:in_flight))
+    AND NOT EXISTS (
+        SELECT 1 FROM webhooks AS e INDEXED BY webhooks_message
+        WHERE e.message_id = w.message_id AND e.id < w.id AND e.state = 'pending')
+ORDER BY w.next_attempt_at, w.id
+LIMIT :limit
+"""
+# Guarded on 'pending' so an outcome can never reopen or overwrite a settled row.
+SETTLE_WEBHOOK = """
+UPDATE webhooks SET state = :state, attempts = attempts + 1,
+    next_attempt_at = coalesce(:next_attempt_at, next_attempt_at),
+    last_http_status = :http_status, last_error = :error, finished_at = :finished_at
+WHERE id = :id AND state = 'pending'
+"""
+# Rows waiting on a backoff are the only pending ones due after now (new ones are due at once).
+NEXT_WEBHOOK_RETRY = (
+    "SELECT min(next_attempt_at) FROM webhooks INDEXED BY webhooks_due "
+    "WHERE state = 'pending' AND next_attempt_at > ?"
+)
+SELECT_CALLBACKS = """
+SELECT status, url, state, attempts, last_http_status, last_error, created_at, finished_at
+FROM webhooks INDEXED BY webhooks_message WHERE message_id = ? ORDER BY id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DueWebhook:
+    """A status callback ready to be sent: the oldest pending one of its message."""
+
+    id: int
+    message_id: str
+    url: str
+    status: str
+    payload: str  # the JSON body, sent byte for byte as stored
+    attempts: int  # tries made before this one
+
+
+async def due_webhooks(
+    store: Store, now: float, limit: int, in_flight: Iterable[int]
+) -> list[DueWebhook]:
+    """Up to `limit` callbacks due at `now`, oldest first, at most one per message."""
+    params = {"now": now, "limit": limit, "in_flight": json.dumps(sorted(in_flight))}
+    try:
+        rows = await store._reader.execute_fetchall(DUE_WEBHOOKS, params)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    return [DueWebhook(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def next_webhook_retry(store: Store, now: float) -> float | None:
+    """When the earliest callback waiting on a backoff falls due, if any."""
+    try:
+        row = await store._one(NEXT_WEBHOOK_RETRY, (now,))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def settle_webhook(
+    store: Store,
+    webhook_id: int,
+    *,
+    state: str,
+    next_attempt_at: float | None,
+    http_status: int | None,
+    error: str | None,
+    finished_at: float | None,
+) -> bool:
+    """Record one try's outcome: still `pending` (retry at `next_attempt_at`) or final."""
+    params = {
+        "id": webhook_id,
+        "state": state,
+        "next_attempt_at": next_attempt_at,
+        "http_status": http_status,
+        "error": error,
+        "finished_at": finished_at,
+    }
+
+    def op(conn: sqlite3.Connection) -> bool:
+        return bool(conn.execute(SETTLE_WEBHOOK, params).rowcount)
+
+    return await store._write(op)
+
+
+def _callbacks_from_rows(rows: Iterable[Sequence[Any]]) -> tuple[StatusCallback, ...]:
+    return tuple(
+        StatusCallback(Status(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows
+    )
+
+
+# =========================================================================================
+# Idempotency keys (used by idempotency.py). Saved responses are written by `Store.insert`
+# and `Store.insert_many` in the transaction of the messages they answer; these look them
+# up and purge the expired ones.
+# =========================================================================================
+
+SELECT_SAVED_RESPONSE = """
+SELECT request_hash, status, body, location, created_at, expires_at FROM idempotency_keys
+WHERE scope = ? AND key = ? AND expires_at > ?
+"""
+# Batched, so a large backlog of expired keys never holds the writer for long; the inner
+# SELECT walks idempotency_keys_expiry (see tests/integration/test_idempotency.py).
+PURGE_SAVED_RESPONSES = """
+DELETE FROM idempotency_keys WHERE (scope, key) IN (
+    SELECT scope, key FROM idempotency_keys INDEXED BY idempotency_keys_expiry
+    WHERE expires_at <= ? LIMIT ?)
+"""
+
+
+async def find_saved_response(
+    store: Store, scope: str, key: str, now: float
+) -> SavedResponse | None:
+    """The response kept for `key` in `scope`, unless it expired by `now`."""
+    try:
+        row = await store._one(SELECT_SAVED_RESPONSE, (scope, key, now))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    if row is None:
+        return None
+    return SavedResponse(scope, key, row[0], int(row[1]), row[2], row[3], row[4], row[5])
+
+
+async def purge_saved_responses(store: Store, now: float, limit: int) -> int:
+    """Delete up to `limit` keys that expired by `now`; return how many were deleted."""
+
+    def op(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(PURGE_SAVED_RESPONSES, (now, limit)).rowcount)
+
+    return await store._write(op)
+
+
+# =========================================================================================
+# Per-recipient ordering (`[delivery] ordering = "per_recipient"`): the claim statements
+# above, plus one condition. A message is claimed only when no earlier message (smaller id:
+# UUIDv7s sort by acceptance) to the same number is still queued or sending, so a number's
+# messages reach providers one at a time, in acceptance order, retries included. The IN
+# subquery is evaluated before its UPDATE changes anything, so of several due messages to
+# one number a claim takes only the oldest. Unordered mode keeps the plain statements.
+# =========================================================================================
+
+_NO_EARLIER_UNFINISHED = """NOT EXISTS (
+        SELECT 1 FROM messages AS earlier INDEXED BY messages_to_number
+        WHERE earlier.to_number = m.to_number AND earlier.id < m.id
+            AND earlier.status IN ('queued', 'sending'))"""
+CLAIM_DUE_ORDERED = f"""
+UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
+    attempt_count = attempt_count + 1, next_attempt_at = NULL
+WHERE id IN (
+    SELECT id FROM messages AS m INDEXED BY messages_due
+    WHERE m.status = 'queued' AND m.next_attempt_at <= :now AND {_NO_EARLIER_UNFINISHED}
+    ORDER BY m.next_attempt_at LIMIT :limit)
+RETURNING id, to_number, body, attempt_count, expires_at
+"""
+# A lapsed lease is taken back under the same rule. With ordering on, only the oldest
+# unfinished message of a number can be `sending`, so this only guards against a state the
+# claim above cannot make (a later message leased while an earlier one waits).
+CLAIM_LEASE_EXPIRED_ORDERED = f"""
+UPDATE messages SET lease_until = :lease_until, updated_at = :now,
+    attempt_count = attempt_count + 1
+WHERE id IN (
+    SELECT id FROM messages AS m INDEXED BY messages_leased
+    WHERE m.status = 'sending' AND m.lease_until <= :now AND {_NO_EARLIER_UNFINISHED}
+    ORDER BY m.lease_until LIMIT :limit)
+RETURNING id, to_number, body, attempt_count, expires_at
+"""
+# The worker sleeps until this: a due message waiting behind an earlier one must not count,
+# or the worker would spin. It is woken when that earlier one's delivery ends.
+NEXT_DUE_ORDERED = f"""
+SELECT m.next_attempt_at FROM messages AS m INDEXED BY messages_due
+WHERE m.status = 'queued' AND {_NO_EARLIER_UNFINISHED}
+ORDER BY m.next_attempt_at LIMIT 1
+"""
+
+
+# =========================================================================================
+# Live status (used by web.py for event streams and long polls): the narrow reads a woken
+# watcher makes, one query each, instead of the whole message with its attempts.
+# =========================================================================================
+
+SELECT_STATUS_ONLY = "SELECT status FROM messages WHERE id = ?"
+
+
+async def message_status(store: Store, msg_id: str) -> Status | None:
+    """The message's status, or None if there is no such message."""
+    try:
+        row = await store._one(SELECT_STATUS_ONLY, (msg_id,))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    return None if row is None else Status(row[0])
+
+
+async def message_history(store: Store, msg_id: str) -> tuple[HistoryEntry, ...]:
+    """The message's history, oldest first (empty if there is no such message)."""
+    try:
+        rows = await store._reader.execute_fetchall(SELECT_HISTORY, (msg_id,))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    return tuple(HistoryEntry(Status(r[0]), r[1], r[2]) for r in rows)

@@ -7,15 +7,27 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
+from dispatchd import store as store_mod
+from dispatchd.auth import METRICS_PATH, OPEN_PATHS, KeyRing, auth_middleware
 from dispatchd.connections import GUARD, ConnectionGuard, make_runner
 from dispatchd.errors import StoreUnavailable
-from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status, isoformat
+from dispatchd.idempotency import Idempotency, Rendered
+from dispatchd.metrics import Metrics, metrics_response
+from dispatchd.models import (
+    REPORT_STATUSES,
+    DeliveryReport,
+    HistoryEntry,
+    Message,
+    Status,
+    isoformat,
+)
 from dispatchd.numbers import NumberError, to_e164
 from dispatchd.openapi import openapi_document
 from dispatchd.problems import PROBLEM_TYPE, Problem
@@ -28,6 +40,17 @@ from dispatchd.service import (
     UnknownMessage,
     ValidationFailed,
 )
+from dispatchd.store import SavedResponse
+from dispatchd.watch import (
+    HEARTBEAT,
+    HEARTBEAT_LINE,
+    MAX_EVENT_ID,
+    MAX_WAIT,
+    Watch,
+    Watchers,
+    status_changes,
+    status_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +59,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["GUARD", "PROBLEM_TYPE", "ConnectionGuard", "Problem", "make_app", "make_runner"]
 
 MAX_BODY = 64 * 1024
+# POST /messages/batch alone may send this much (1,000 messages); the app-wide
+# client_max_size is this, and every other route is held to MAX_BODY in _read_body.
+MAX_BATCH_BODY = 2 * 1024 * 1024
+MAX_BATCH_ITEMS = 1000
 RETRY_AFTER_SECONDS = 5
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
@@ -50,9 +77,18 @@ class WebDeps:
     service: Service
     default_region: str
     ready: Callable[[], str | None]  # None when ready, else the reason it is not
+    # Live-status waiters; the daemon wakes them from the event bus and the worker.
+    watchers: Watchers = field(default_factory=Watchers)
+    # API keys; empty: no authentication (the daemon allows that on loopback only).
+    keys: KeyRing = field(default_factory=lambda: KeyRing(()))
+    # Idempotency-Key handling; default: one of the app's own over the service's store.
+    idempotency: Idempotency | None = None
+    metrics: Metrics | None = None  # None: no /metrics route
+    metrics_auth: bool = False  # /metrics needs an API key too
 
 
 DEPS = web.AppKey("deps", WebDeps)
+IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
 
 
 def _validation(errors: list[FieldError]) -> Problem:
@@ -71,7 +107,7 @@ _HTTP_PROBLEMS = {
     413: (
         "payload_too_large",
         "Request body too large",
-        f"The request body is larger than {MAX_BODY // 1024} KiB.",
+        f"The request body is larger than {MAX_BATCH_BODY // (1024 * 1024)} MiB.",
     ),
 }
 
@@ -132,6 +168,10 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
         "created_at": isoformat(msg.created_at),
         "updated_at": isoformat(msg.updated_at),
         "next_attempt_at": isoformat(msg.next_attempt_at) if msg.status is Status.QUEUED else None,
+        "send_at": isoformat(msg.send_at),
+        "validity_period": msg.validity_period,
+        "expires_at": isoformat(msg.expires_at),
+        "status_callback_url": msg.status_callback_url,
     }
     if detailed:
         out["attempts"] = [
@@ -149,6 +189,19 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
             {"status": h.status.value, "at": isoformat(h.at), "detail": h.detail}
             for h in msg.history
         ]
+        out["status_callbacks"] = [
+            {
+                "status": c.status.value,
+                "url": c.url,
+                "state": c.state,
+                "attempts": c.attempts,
+                "last_http_status": c.last_http_status,
+                "last_error": c.last_error,
+                "created_at": isoformat(c.created_at),
+                "finished_at": isoformat(c.finished_at),
+            }
+            for c in msg.callbacks
+        ]
     return out
 
 
@@ -156,7 +209,17 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
 
 
 FORM = "application/x-www-form-urlencoded"
-SEND_FIELDS = ("to_number", "message")
+# In the order their errors are listed.
+SEND_FIELDS = (
+    "to_number",
+    "message",
+    "send_at",
+    "validity_period",
+    "smart_encoding",
+    "status_callback_url",
+)
+# A plain decimal number of seconds, as a form sends validity_period.
+_FORM_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?", re.ASCII)
 # NUL and lone UTF-16 surrogates: a JSON string may hold them ("\\u0000", "\\ud800"), but a
 # surrogate cannot be encoded as UTF-8 (SQLite refused it: a 500) and NUL is no SMS text
 # (providers written in C cut the message there).
@@ -174,7 +237,11 @@ async def _read_fields(request: web.Request) -> Mapping[str, Any]:
             "Unsupported media type",
             f"Send the body as application/json or {FORM}, not {ctype}.",
         )
-    raw = await _read_body(request)
+    return _parse_body(await _read_body(request), is_json=is_json)
+
+
+def _parse_body(raw: bytes, *, is_json: bool) -> Mapping[str, Any]:
+    """A JSON object or a form as a mapping; Problem 400 for anything else."""
     try:
         # Strictly UTF-8 whatever the charset parameter says (RFC 8259 and the URL standard
         # both require it); json.loads(bytes) would also take UTF-16 and encoded surrogates.
@@ -198,10 +265,20 @@ async def _read_fields(request: web.Request) -> Mapping[str, Any]:
     return data
 
 
-async def _read_body(request: web.Request) -> bytes:
-    """The raw body: at most MAX_BODY bytes, received within BODY_TIMEOUT, not compressed."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+def _too_large(limit: int) -> Problem:
+    size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+    return Problem(
+        413,
+        "payload_too_large",
+        "Request body too large",
+        f"The request body is larger than {size}, the most this URL takes.",
+    )
+
+
+async def _read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The raw body: at most `limit` bytes, received within BODY_TIMEOUT, not compressed."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
     coding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if coding not in ("", "identity"):
         # Compressed bodies are refused rather than inflated: 64 KiB of gzip can hold
@@ -213,10 +290,8 @@ async def _read_body(request: web.Request) -> bytes:
             f"Send the body uncompressed, not with Content-Encoding {coding}.",
         )
     try:
-        # read() stops with 413 as soon as the body passes client_max_size (= MAX_BODY),
-        # chunked or not, so a huge body is never buffered whole.
         async with asyncio.timeout(BODY_TIMEOUT):
-            return await request.read()
+            return await _read_capped(request, limit)
     except TimeoutError as exc:
         raise Problem(
             408,
@@ -226,10 +301,24 @@ async def _read_body(request: web.Request) -> bytes:
         ) from exc
 
 
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """Read the body chunk by chunk, stopping with 413 as soon as it passes `limit`.
+
+    Chunked or not, a huge body is never buffered whole: request.read() would only stop at
+    the app-wide client_max_size, which is the batch route's larger limit.
+    """
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
 def _json_number(text: str) -> float:
-    # No field takes a number, so a number only has to stay "not a string". int() refuses
-    # more than 4300 digits (a ValueError that blamed the JSON) and is slow below that;
-    # float() reads any length in linear time.
+    # Numbers are only seconds (validity_period), where a float is exact enough. int()
+    # refuses more than 4300 digits (a ValueError that blamed the JSON) and is slow below
+    # that; float() reads any length in linear time (a huge one becomes inf: out of range).
     return float(text)
 
 
@@ -286,21 +375,290 @@ def _malformed(detail: str) -> Problem:
 
 async def post_message(request: web.Request) -> web.Response:
     service = request.app[DEPS].service
-    send = _validate_send(service, await _read_fields(request))
-    try:
-        msg = await service.accept(send)
-    except NumberSuppressed as exc:
-        raise Problem(422, "number_suppressed", "Number suppressed", exc.message) from exc
-    return web.json_response(
-        message_resource(msg), status=202, headers={"Location": f"/messages/{msg.id}"}
+    fields = await _read_send_fields(request)
+
+    async def accept(save: Callable[[Message], SavedResponse] | None) -> Message:
+        send = _validate_send(service, fields)
+        try:
+            return await service.accept(send, save_response=save)
+        except NumberSuppressed as exc:
+            raise _number_suppressed(exc) from exc
+
+    return await request.app[IDEMPOTENCY].run(request, fields, accept, _accepted)
+
+
+def _accepted(msg: Message) -> Rendered:
+    """The 202 of a new message (the same bytes web.json_response would send)."""
+    return Rendered(202, json.dumps(message_resource(msg)), f"/messages/{msg.id}")
+
+
+def _number_suppressed(exc: NumberSuppressed) -> Problem:
+    return Problem(422, "number_suppressed", "Number suppressed", exc.message)
+
+
+async def _read_send_fields(request: web.Request) -> Mapping[str, Any]:
+    """A send request's fields; a form's flag and number arrive as text, so are converted."""
+    fields = await _read_fields(request)
+    return _from_form(fields) if request.content_type == FORM else fields
+
+
+def _from_form(fields: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(fields)
+    flag = out.get("smart_encoding")
+    if flag in ("true", "false"):
+        out["smart_encoding"] = flag == "true"
+    period = out.get("validity_period")
+    # Anything else stays text, which the service refuses as not a number.
+    if isinstance(period, str) and _FORM_SECONDS.fullmatch(period):
+        out["validity_period"] = float(period)
+    return out
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Each item's fate in item order (its send, or why not), and the messages created."""
+
+    checked: list[SendRequest | Problem]
+    messages: list[Message]
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    service = request.app[DEPS].service
+    items = await _read_batch(request)
+
+    async def accept(save: Callable[[BatchOutcome], SavedResponse] | None) -> BatchOutcome:
+        checked = [_check_item(service, index, item) for index, item in enumerate(items)]
+        sends = [c for c in checked if isinstance(c, SendRequest)]
+        # A batch that created nothing is not kept, like a refused POST /messages.
+        keep = None if save is None or not sends else _keep_batch(save, checked)
+        msgs = await service.accept_many(sends, save_response=keep)
+        return BatchOutcome(checked, msgs)
+
+    return await request.app[IDEMPOTENCY].run(request, {"messages": items}, accept, _batch_body)
+
+
+async def _read_batch(request: web.Request) -> list[Any]:
+    """The `messages` list of a batch: JSON only, 1 to MAX_BATCH_ITEMS items."""
+    ctype = request.content_type
+    if not (ctype == "application/json" or ctype.endswith("+json")):
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Unsupported media type",
+            f"Send a batch as application/json, not {ctype}.",
+        )
+    data = _parse_body(await _read_body(request, MAX_BATCH_BODY), is_json=True)
+    items = data.get("messages")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise _validation([_batch_list_error(items)])
+    return items
+
+
+def _batch_list_error(items: Any) -> FieldError:
+    """What is wrong with a batch's `messages` field."""
+    if items is None:
+        return FieldError("messages", "missing", "messages is required: a list of messages.")
+    if not isinstance(items, list):
+        return FieldError("messages", "not_a_list", "messages must be a list of messages.")
+    if not items:
+        return FieldError("messages", "empty", "messages must hold at least one message.")
+    return FieldError(
+        "messages",
+        "too_many",
+        f"messages holds {len(items)} messages; at most {MAX_BATCH_ITEMS} are allowed "
+        "in one batch.",
     )
 
 
+def _keep_batch(
+    save: Callable[[BatchOutcome], SavedResponse], checked: list[SendRequest | Problem]
+) -> Callable[[list[Message]], SavedResponse]:
+    """The service's save_response for a batch: the whole batch answer, rendered once."""
+    return lambda msgs: save(BatchOutcome(checked, msgs))
+
+
+def _check_item(service: Service, index: int, item: Any) -> SendRequest | Problem:
+    """One batch item validated like a POST /messages body, or the problem it would get."""
+    if not isinstance(item, dict):
+        return _validation(
+            [
+                FieldError(
+                    f"messages[{index}]",
+                    "not_an_object",
+                    f"messages[{index}] must be an object with to_number and message.",
+                )
+            ]
+        )
+    try:
+        send = _validate_send(service, item)
+        service.check_not_suppressed(send.to_number)
+    except Problem as problem:
+        return problem
+    except NumberSuppressed as exc:
+        return _number_suppressed(exc)
+    return send
+
+
+def _batch_body(outcome: BatchOutcome) -> Rendered:
+    """The batch's 200: counts, then each item's 202 message or 422 problem, in order."""
+    created = iter(outcome.messages)
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(outcome.checked):
+        if isinstance(item, Problem):
+            results.append({"index": index, "status": item.status, "problem": item.body()})
+        else:
+            resource = message_resource(next(created))
+            results.append({"index": index, "status": 202, "message": resource})
+    accepted = len(outcome.messages)
+    rejected = len(outcome.checked) - accepted
+    body = {"accepted": accepted, "rejected": rejected, "results": results}
+    return Rendered(200, json.dumps(body))
+
+
 async def get_message(request: web.Request) -> web.Response:
-    msg = await request.app[DEPS].service.store.get(request.match_info["id"])
-    if msg is None:
-        raise _no_such_message(request.match_info["id"])
+    deps = request.app[DEPS]
+    wait, seen = _wait_params(request)
+    msg_id = request.match_info["id"]
+    # Registered before the first read, so a change committed after it always wakes us.
+    with deps.watchers.watch(msg_id) as watch:
+        msg = await deps.service.store.get(msg_id)
+        if msg is None:
+            raise _no_such_message(msg_id)
+        baseline = seen or msg.status
+        waits = wait > 0 and msg.status is baseline and not msg.status.final
+        if waits and await _until_status_changes(deps, watch, baseline, wait):
+            msg = await deps.service.store.get(msg_id) or msg
     return web.json_response(message_resource(msg, detailed=True))
+
+
+async def _until_status_changes(deps: WebDeps, watch: Watch, baseline: Status, wait: float) -> bool:
+    """Wait up to `wait` seconds for the status to leave `baseline`; False if nothing woke us."""
+    # A woken watch reads only the status (one small query); the caller reads the whole
+    # message once, at the end.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    woken = False
+    while (left := deadline - loop.time()) > 0 and await watch.wait(left):
+        woken = True
+        if await store_mod.message_status(deps.service.store, watch.msg_id) is not baseline:
+            break
+    return woken or deps.watchers.closed
+
+
+# A decimal or scientific number: what clients (and JSON encoders) write for seconds.
+_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _wait_params(request: web.Request) -> tuple[float, Status | None]:
+    """`wait` (seconds to hold the answer) and `status` (the status the client last saw)."""
+    q = request.query
+    errors: list[FieldError] = []
+    wait = 0.0
+    if "wait" in q:
+        raw = q["wait"]
+        value = float(raw) if len(raw) <= 32 and _SECONDS.fullmatch(raw) else -1.0
+        if 0 <= value <= MAX_WAIT:
+            wait = value
+        else:
+            errors.append(
+                FieldError(
+                    "wait",
+                    "out_of_range",
+                    f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, such as 30 or 2.5.",
+                )
+            )
+    seen = None
+    if "status" in q:
+        try:
+            seen = Status(q["status"])
+        except ValueError:
+            choices = ", ".join(s.value for s in Status)
+            errors.append(
+                FieldError("status", "invalid_choice", f"status must be one of {choices}.")
+            )
+    if errors:
+        raise _validation(errors)
+    return wait, seen
+
+
+def _last_event_id(request: web.Request) -> int:
+    """The `Last-Event-ID` a reconnecting client sends; -1 when absent (start from the top)."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        return -1
+    raw = raw.strip()
+    # ASCII digits only, and few of them: int() takes other scripts' digits and "1_0".
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_EVENT_ID:
+        return int(raw)
+    raise _validation(
+        [
+            FieldError(
+                "Last-Event-ID",
+                "out_of_range",
+                "Last-Event-ID must be the id of an event this stream sent: a whole number "
+                f"from 0 to {MAX_EVENT_ID}.",
+            )
+        ]
+    )
+
+
+async def message_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: the message's status changes so far, then each as it happens."""
+    deps = request.app[DEPS]
+    after = _last_event_id(request)
+    msg_id = request.match_info["id"]
+    store = deps.service.store
+    with deps.watchers.watch(msg_id) as watch:
+        history = await store_mod.message_history(store, msg_id)
+        if not history and await store_mod.message_status(store, msg_id) is None:
+            raise _no_such_message(msg_id)
+        response = web.StreamResponse(
+            headers={
+                hdrs.CONTENT_TYPE: "text/event-stream",
+                hdrs.CACHE_CONTROL: "no-cache",
+                # nginx buffers proxied responses unless told not to.
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        if request.method == hdrs.METH_HEAD:
+            return response  # no body would ever reach the client: do not hold the handler
+        try:
+            await _stream(response, deps, watch, history, after)
+            await response.write_eof()
+        except (ConnectionResetError, StoreUnavailable):
+            # The client left, or the store failed mid-stream: the headers are sent, so no
+            # problem+json now; a client resumes with Last-Event-ID.
+            pass
+    return response
+
+
+async def _stream(
+    response: web.StreamResponse,
+    deps: WebDeps,
+    watch: Watch,
+    history: tuple[HistoryEntry, ...],
+    after: int,
+) -> None:
+    """Write status events until one is final or the server stops; heartbeats meanwhile."""
+    while True:
+        for index, entry in status_changes(history, after):
+            await response.write(status_event(watch.msg_id, index, entry))
+            after = index
+            if entry.status.final:
+                return
+        # Final with nothing left to send: the client had seen it all (Last-Event-ID).
+        if (history and history[-1].status.final) or deps.watchers.closed:
+            return
+        if not await watch.wait(HEARTBEAT):
+            if deps.watchers.closed:
+                return
+            await response.write(HEARTBEAT_LINE)
+            continue  # nothing woke us, so nothing changed
+        history = await store_mod.message_history(deps.service.store, watch.msg_id)
 
 
 def _no_such_message(msg_id: str) -> Problem:
@@ -431,27 +789,52 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    source = request.app[DEPS].metrics
+    if source is None:
+        raise web.HTTPNotFound()
+    return await metrics_response(source)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
+
+
+async def _end_watches(app: web.Application) -> None:
+    # Runs before the server waits for in-flight requests: event streams and long polls
+    # would otherwise hold a graceful shutdown for its whole timeout.
+    app[DEPS].watchers.close()
 
 
 def make_app(deps: WebDeps) -> web.Application:
     """The dispatchd HTTP API."""
     guard = ConnectionGuard()
-    app = web.Application(
-        middlewares=[guard.middleware, problem_middleware], client_max_size=MAX_BODY
-    )
+    middlewares: list[Middleware] = [guard.middleware, problem_middleware]
+    if deps.keys.enabled:
+        # Inside problem_middleware, which renders its 401.
+        open_paths = OPEN_PATHS if deps.metrics_auth else OPEN_PATHS | {METRICS_PATH}
+        middlewares.append(auth_middleware(deps.keys, open_paths))
+    if deps.metrics is not None:
+        # Outside problem_middleware, so it counts the status the client really gets.
+        middlewares.insert(1, deps.metrics.middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BATCH_BODY)
     app[DEPS] = deps
     app[GUARD] = guard
+    app[IDEMPOTENCY] = deps.idempotency or Idempotency(deps.service.store)
+    app.on_shutdown.append(_end_watches)
     r = app.router
     r.add_post("/messages", post_message)
+    r.add_post("/messages/batch", post_batch)
     r.add_get("/messages", list_messages)
     r.add_post("/messages/delivery_status", seed_delivery_status)
     # Not `delivery_status`: that URL is the seed-compatible report route, POST only, and
     # matching it here made a GET answer 404 and its 405 advertise GET in `Allow`.
-    r.add_get("/messages/{id:(?!delivery_status$)[^/]+}", get_message)
+    # Nor `batch`, the POST-only batch route, for the same reason.
+    r.add_get("/messages/{id:(?!(?:delivery_status|batch)$)[^/]+}", get_message)
     r.add_post("/messages/{id}/delivery_status", delivery_status)
+    r.add_get("/messages/{id}/events", message_events)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/openapi.json", openapi)
+    r.add_get(METRICS_PATH, metrics)
     return app

@@ -48,6 +48,7 @@ class Worker:
         rng: random.Random | None = None,
         health: HealthRegistry | None = None,
         events: EventBus | None = None,
+        on_moved: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -55,6 +56,9 @@ class Worker:
         # Routing reads candidates from here on every attempt, so operator changes apply at once.
         self._health = health or HealthRegistry(providers, clock=clock)
         self._events = events or EventBus(clock=clock)
+        # Told the ids of messages whose status changed without an event on the bus (claims,
+        # which are too frequent for the console's log), so live-status watchers still wake.
+        self._on_moved = on_moved or (lambda ids: None)
         self._settings = settings
         self._callback_url = callback_url
         self._is_suppressed = is_suppressed
@@ -108,10 +112,13 @@ class Worker:
         # With only half-open circuits, claim as many (oldest first) as there are probe slots.
         limit = min(free, MAX_CLAIM) if capacity is None else min(free, MAX_CLAIM, capacity)
         try:
-            return await self._store.claim(self._clock(), limit, self._settings.lease)
+            claimed = await self._store.claim(self._clock(), limit, self._settings.lease)
         except StoreError as exc:
             logger.warning("event=claim_failed error=%r", exc.message)
             return []
+        if claimed:
+            self._on_moved([item.id for item in claimed])
+        return claimed
 
     async def _sleep_until_due(self, *, busy: bool) -> None:
         timeout = 1.0  # re-check at least this often, e.g. after store errors
@@ -200,6 +207,7 @@ class Worker:
                 else:
                     at = now + retry.backoff(item.attempt, policy, self._rng)
                     await self._store.release([item.id], at, "requeued after an internal error")
+            self._on_moved([item.id])
 
     async def deliver(self, item: Claimed) -> None:
         """One attempt: try providers in routing order until one accepts."""
@@ -282,6 +290,7 @@ class Worker:
             await self._store.requeue(
                 item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now
             )
+            self._on_moved([item.id])
             return
         # A provider left out for its open circuit was not asked: that is an outage, not a
         # verdict on the message, so rejections by the others alone do not fail it.

@@ -38,6 +38,10 @@ MAX_EXAMPLES = 50
 SEED = 20250131
 START_TIMEOUT = 30.0
 TARGET_NUMBER = "+17034573399"
+# The daemon requires this API key; schemathesis sends it, and its `ignored_auth` check
+# proves every operation documented as protected refuses requests without it or with
+# another one.
+API_KEY = "fuzz-api-key"
 
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -48,6 +52,7 @@ CONFIG = schemathesis.Config.from_dict(
             "mode": "all",
             "database": "none",
         },
+        "auth": {"openapi": {"bearerAuth": {"bearer": API_KEY}}},
         "checks": {
             # Valid data must get 2xx, or 401/404 (a fuzzed token or id is simply unknown),
             # or 422: the schema cannot say which strings libphonenumber takes as a valid
@@ -74,7 +79,7 @@ class DaemonThread:
     """
 
     def __init__(self, tmp: Path) -> None:
-        self.config = make_config(tmp, free_port())
+        self.config = make_config(tmp, free_port(), api={"keys": [API_KEY]})
         self.port = self.config.server.port
         self.error: BaseException | None = None
         self._up = threading.Event()
@@ -151,11 +156,16 @@ def target(live: DaemonThread, http: requests.Session) -> tuple[str, str]:
     resp = http.post(
         f"{live.base_url}/messages",
         json={"to_number": TARGET_NUMBER, "message": "fuzz target"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
         timeout=10,
     )
     assert resp.status_code == 202, resp.text
     msg_id = str(resp.json()["id"])
     return msg_id, live.token(msg_id)
+
+
+# Reads of one message; the target is final, so its event stream ends by itself.
+_BY_ID = ("/messages/{id}", "/messages/{id}/events")
 
 
 def aim(case: Case, target: tuple[str, str]) -> None:
@@ -172,7 +182,7 @@ def aim(case: Case, target: tuple[str, str]) -> None:
         if len(str(query.get("token"))) % 2:
             case.path_parameters = {**params, "id": msg_id}
             case.query = {**query, "token": token}
-    elif case.operation.path == "/messages/{id}" and len(str(params.get("id"))) % 2:
+    elif case.operation.path in _BY_ID and len(str(params.get("id"))) % 2:
         case.path_parameters = {**params, "id": msg_id}
 
 

@@ -7,6 +7,7 @@ Content-Type against the documented media type, and the documented headers.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import AsyncIterator
@@ -112,6 +113,8 @@ class ApiChecker:
         assert resp.content_type in content, (
             f"{where}: Content-Type {resp.content_type} is not documented ({list(content)})"
         )
+        if resp.content_type == "text/event-stream":
+            return self._check_events(where, content[resp.content_type], body.decode())
         data = json.loads(body)
         pointer = _pointer(
             "paths", path, method, "responses", status, "content", resp.content_type, "schema"
@@ -122,6 +125,20 @@ class ApiChecker:
             assert data["status"] == resp.status, f"{where}: problem says {data['status']}"
             assert data["type"].endswith("/" + data["code"]), f"{where}: type/code mismatch"
         return data
+
+    def _check_events(self, where: str, media: dict[str, Any], text: str) -> list[Any]:
+        """Each event's `data` against the schema the document names for it; the data."""
+        pointer = media["schema"]["properties"]["data"]["contentSchema"]["$ref"]
+        events = []
+        for block in text.split("\n\n"):
+            lines = [line for line in block.splitlines() if not line.startswith(":")]
+            data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+            if data:
+                event = json.loads("\n".join(data))
+                problems = self.errors(pointer, event)
+                assert not problems, f"{where}: event data does not match: {problems}\n{event}"
+                events.append(event)
+        return events
 
     def _header_path(self, path: str, method: str, status: str, name: str) -> list[str]:
         header = self.doc["paths"][path][method]["responses"][status]["headers"][name]
@@ -337,6 +354,74 @@ async def test_send_answers_match_the_document(
         assert "POST" in resp.headers["Allow"]
 
 
+async def test_message_options_and_batch_answers_match_the_document(
+    api: ApiChecker, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
+    # 202 with every option set: the new resource fields are documented and filled in.
+    body = {
+        "to_number": "+17034573322",
+        "message": "\u201cHi\u201d \u2014 later",
+        "send_at": "2099-01-01T09:00:00+01:00",
+        "validity_period": 600,
+        "smart_encoding": True,
+    }
+    async with http.post("/messages", json={**body, "send_at": None}) as resp:
+        assert resp.status == 202
+        msg = await api.check(resp, "/messages", "post")
+    assert (msg["message"], msg["validity_period"]) == ('"Hi" - later', 600)
+    assert msg["send_at"] is None and msg["expires_at"]
+    # 422: each option's errors use documented codes; the request schema refuses them too.
+    bad = {**body, "send_at": "2025-01-31T09:00:00", "validity_period": 0, "smart_encoding": "y"}
+    assert api.request_errors("/messages", "post", "application/json", bad)
+    async with http.post("/messages", json={**bad, "status_callback_url": "ftp://x"}) as resp:
+        assert resp.status == 422
+        problem = await api.check(resp, "/messages", "post")
+    assert _codes(problem) == {
+        ("send_at", "no_timezone"),
+        ("validity_period", "out_of_range"),
+        ("smart_encoding", "not_a_boolean"),
+        ("status_callback_url", "invalid_url"),
+    }
+
+    # 200 batch: a 202 result with its message, 422 results with their problems.
+    path = "/messages/batch"
+    items = [
+        {"to_number": "+17034573322", "message": "one", "validity_period": 60},
+        {"to_number": "12", "message": "two"},
+        [],
+    ]
+    assert api.request_errors(path, "post", "application/json", {"messages": items}) == []
+    async with http.post(path, json={"messages": items}) as resp:
+        assert resp.status == 200
+        batch = await api.check(resp, path, "post")
+    assert [r["status"] for r in batch["results"]] == [202, 422, 422]
+    assert (batch["accepted"], batch["rejected"]) == (1, 2)
+    results = _pointer("components", "schemas", "BatchResult")
+    good, rejected = batch["results"][0], batch["results"][1]
+    for broken in (
+        {**good, "status": 422},  # a rejection must carry a problem
+        {**rejected, "message": good["message"]},  # ...and no message
+        {k: v for k, v in good.items() if k != "message"},
+        {**rejected, "problem": {**rejected["problem"], "code": "other"}},
+    ):
+        assert api.errors(results, broken), f"the BatchResult schema accepted {broken}"
+    # 422: no list, an empty one, one too long; 415: a form; 413: over 2 MiB.
+    too_many = [{"to_number": "+17034573322", "message": "x"}] * 1001
+    for bad_batch in ({}, {"messages": []}, {"messages": "x"}, {"messages": too_many}):
+        assert api.request_errors(path, "post", "application/json", bad_batch)
+        async with http.post(path, json=bad_batch) as resp:
+            assert resp.status == 422
+            assert (await api.check(resp, path, "post"))["code"] == "validation_failed"
+    async with http.post(path, data={"messages": "x"}) as resp:
+        assert resp.status == 415
+        assert (await api.check(resp, path, "post"))["code"] == "unsupported_media_type"
+    huge = b'{"messages": ["' + b"x" * (2 * 1024 * 1024) + b'"]}'
+    headers = {"Content-Type": "application/json"}
+    async with http.post(path, data=io.BytesIO(huge), headers=headers) as resp:
+        assert resp.status == 413
+        assert (await api.check(resp, path, "post"))["code"] == "payload_too_large"
+
+
 # -- reading --------------------------------------------------------------------------------
 
 
@@ -403,6 +488,36 @@ async def test_read_answers_match_the_document(
             assert resp.status == 422, query
             problem = await api.check(resp, "/messages", "get")
             assert [e["field"] for e in problem["errors"]] == [field]
+
+
+async def test_live_status_answers_match_the_document(
+    api: ApiChecker, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
+    msg = await _send(api, http, "+17034573322", "Hello")
+    await wait_for(lambda: _status_is(daemon, msg["id"], "delivered"), what="delivery")
+    path, events = "/messages/{id}", "/messages/{id}/events"
+    # Long polling: 200 (final, so at once), 422 for each bad parameter, 404.
+    async with http.get(f"/messages/{msg['id']}", params={"wait": "30"}) as resp:
+        assert resp.status == 200
+        assert (await api.check(resp, path, "get"))["status"] == "delivered"
+    for query in ({"wait": "61"}, {"wait": "x"}, {"wait": "1", "status": "lost"}):
+        async with http.get(f"/messages/{msg['id']}", params=query) as resp:
+            assert resp.status == 422, query
+            assert (await api.check(resp, path, "get"))["code"] == "validation_failed"
+    async with http.get("/messages/nope", params={"wait": "30"}) as resp:
+        assert resp.status == 404
+        assert (await api.check(resp, path, "get"))["code"] == "message_not_found"
+    # Events: the stream of a delivered message ends by itself; 404; 422.
+    async with http.get(f"/messages/{msg['id']}/events") as resp:
+        assert resp.status == 200
+        data = await api.check(resp, events, "get")
+        assert [e["status"] for e in data] == ["queued", "sending", "sent", "delivered"]
+    async with http.get("/messages/nope/events") as resp:
+        assert resp.status == 404
+        assert (await api.check(resp, events, "get"))["code"] == "message_not_found"
+    async with http.get(f"/messages/{msg['id']}/events", headers={"Last-Event-ID": "x"}) as resp:
+        assert resp.status == 422
+        assert (await api.check(resp, events, "get"))["code"] == "validation_failed"
 
 
 # -- delivery reports -----------------------------------------------------------------------
@@ -523,3 +638,37 @@ async def test_operational_answers_match_the_document(
         assert "worker" in problem["detail"]
     async with http.get("/healthz") as resp:
         assert resp.status == 200
+
+
+# -- authentication, idempotency, metrics -----------------------------------------------------
+
+
+async def test_idempotency_and_auth_answers_match_the_document(
+    api: ApiChecker, start_daemon: DaemonFactory
+) -> None:
+    keyed = await start_daemon(api={"keys": ["doc-key"], "metrics_auth": True})
+    path = "/messages"
+    send = {"to_number": "+17034573322", "message": "Hi"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{keyed.port}") as http:
+        for method, url in (("post", path), ("get", path), ("get", "/metrics")):
+            async with http.request(method, url, json=send) as resp:
+                assert resp.status == 401, url
+                assert (await api.check(resp, url, method))["code"] == "unauthorized"
+        auth = {"Authorization": "Bearer doc-key"}
+        headers = {**auth, "Idempotency-Key": "doc-1"}
+        for replayed in (False, True):
+            async with http.post(path, json=send, headers=headers) as resp:
+                assert resp.status == 202
+                await api.check(resp, path, "post")
+                assert ("Idempotent-Replayed" in resp.headers) is replayed
+        async with http.post(path, json={**send, "message": "other"}, headers=headers) as resp:
+            assert resp.status == 422
+            assert (await api.check(resp, path, "post"))["code"] == "idempotency_key_reused"
+        async with http.post(path, json=send, headers={**auth, "Idempotency-Key": ""}) as resp:
+            assert resp.status == 400
+            assert (await api.check(resp, path, "post"))["code"] == "invalid_idempotency_key"
+        async with http.get("/metrics", headers=auth) as resp:
+            assert resp.status == 200
+            documented = api.doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+            assert resp.content_type in documented
+            assert "dispatchd_http_requests_total" in await resp.text()

@@ -1,0 +1,386 @@
+"""Status callbacks: POST every status change to the client's URL, signed, from the outbox.
+
+The store's triggers queue one row per status change in the same transaction as the change,
+so none is lost. The sender here reads due rows (the oldest pending one of each message, so
+a message's callbacks arrive in order), POSTs them with its own HTTP session and its own
+concurrency limit (a slow receiver never holds up provider traffic), and records each
+outcome on the row. Delivery is at least once: a crash between a receiver's 2xx and the
+record of it sends that callback again after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import importlib.metadata
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from dispatchd import retry
+from dispatchd.config import WebhooksConfig
+from dispatchd.errors import StoreError
+from dispatchd.events import Event, EventBus
+from dispatchd.store import DueWebhook, Store, due_webhooks, next_webhook_retry, settle_webhook
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Dispatchd-Signature"
+EVENT_ID_HEADER = "Dispatchd-Event-Id"
+SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept between `t` and its clock
+# Claims (queued -> sending) publish no event, so their rows are found by this poll.
+POLL_INTERVAL = 1.0
+# Read per try, so a reload may change them; the rest of [webhooks] needs a restart.
+LIVE_KEYS = frozenset({"timeout", "max_attempts", "backoff_initial", "backoff_max"})
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+# -- signatures (pure) ----------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes, t: int) -> str:
+    """The `Dispatchd-Signature` value: `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`."""
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(
+    secret: str, body: bytes, header: str, now: float, tolerance: float = SIGNATURE_TOLERANCE
+) -> bool:
+    """Whether `header` signs `body` under `secret` with a timestamp within `tolerance` of now."""
+    t: int | None = None
+    macs: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            t = int(value)
+        elif key == "v1":
+            macs.append(value)
+    if t is None or abs(now - t) > tolerance:
+        return False
+    expected = sign(secret, body, t).rpartition("v1=")[2]
+    # compare_digest: the time taken must not reveal how much of a forged MAC matched.
+    return any(hmac.compare_digest(expected, mac) for mac in macs)
+
+
+# -- outcome decisions (pure) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The receiver took it (2xx)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    """Try again at `at` (epoch seconds)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop trying: the row ends `failed`."""
+
+    reason: str
+
+
+Verdict = Delivered | RetryAt | GiveUp
+
+
+def retryable(http_status: int | None) -> bool:
+    """No answer, 5xx, 408 and 429 may go better later; any other answer will not."""
+    return http_status is None or http_status >= 500 or http_status in (408, 429)
+
+
+def judge(
+    http_status: int | None, attempt: int, policy: retry.RetryPolicy, now: float, rng: random.Random
+) -> Verdict:
+    """What follows try number `attempt` (1-based) that got `http_status` (None: no answer)."""
+    if http_status is not None and 200 <= http_status < 300:
+        return Delivered()
+    if not retryable(http_status):
+        return GiveUp(f"the receiver refused it (HTTP {http_status})")
+    if attempt >= policy.max_attempts:
+        return GiveUp(f"given up after {attempt} tries")
+    return RetryAt(now + retry.backoff(attempt, policy, rng))
+
+
+def restart_only_changes(old: WebhooksConfig, new: WebhooksConfig) -> list[str]:
+    """The `[webhooks]` keys that differ and cannot be applied by a reload."""
+    return [
+        f"webhooks.{key}"
+        for key in type(old).model_fields
+        if key not in LIVE_KEYS and getattr(old, key) != getattr(new, key)
+    ]
+
+
+def user_agent() -> str:
+    """`dispatchd/<installed version>`."""
+    try:
+        version = importlib.metadata.version("dispatchd")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"dispatchd/{version}"
+
+
+# -- the sender ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    secret: str
+    timeout: float
+    concurrency: int
+    policy: retry.RetryPolicy
+
+    @classmethod
+    def from_config(cls, cfg: WebhooksConfig) -> SenderSettings:
+        policy = retry.RetryPolicy(cfg.max_attempts, cfg.backoff_initial, cfg.backoff_max)
+        return cls(cfg.secret, cfg.timeout, cfg.concurrency, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    http_status: int | None
+    error: str | None
+
+
+class Sender:
+    """Sends due status callbacks, at most `concurrency` at once, woken by status events."""
+
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        settings: SenderSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        events: EventBus | None = None,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._events = events or EventBus(clock=clock)
+        self._user_agent = user_agent()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # in flight, by webhook row id
+        # Rows whose outcome could not be recorded (store down, a bug): still due in the
+        # database, so held back here until this time instead of being re-sent in a loop.
+        self._held: dict[int, float] = {}
+        self.running = False
+        self._events.add_listener(self._on_event)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _on_event(self, event: Event) -> None:
+        # Any status change may have queued a callback; our own outcomes queue none.
+        if not event.type.startswith("webhook_"):
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Look for due callbacks now."""
+        self._wake.set()
+
+    def update(self, cfg: WebhooksConfig) -> None:
+        """Apply reloaded timeout, attempts and backoff from the next try on."""
+        self._settings = SenderSettings.from_config(cfg)
+
+    async def run(self) -> None:
+        """Send due callbacks until stopped."""
+        self.running = True
+        try:
+            while not self._stopping.is_set():
+                # Cleared before reading so a status change during the read is not missed.
+                self._wake.clear()
+                now = self._clock()
+                free = self._settings.concurrency - len(self._tasks)
+                due = await self._due(now, free) if free > 0 else []
+                for row in due:
+                    self._start(row)
+                if due and len(due) == free:
+                    continue  # there may be more due right now
+                await self._sleep(now)
+        finally:
+            self.running = False
+
+    async def _due(self, now: float, limit: int) -> list[DueWebhook]:
+        self._held = {i: until for i, until in self._held.items() if until > now}
+        try:
+            return await due_webhooks(self._store, now, limit, [*self._tasks, *self._held])
+        except StoreError as exc:
+            logger.warning("event=webhook_read_failed error=%r", exc.message)
+            return []
+
+    async def _sleep(self, read_at: float) -> None:
+        """Wait for a wake, the next retry falling due, or the fallback poll."""
+        timeout = POLL_INTERVAL
+        try:
+            # Asked of the store, not remembered, so retries set before a restart are on time.
+            due = await next_webhook_retry(self._store, read_at)
+        except StoreError:
+            due = None
+        if due is not None:
+            timeout = max(0.0, min(timeout, due - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start(self, row: DueWebhook) -> None:
+        task = asyncio.create_task(self._send_safely(row), name=f"webhook-{row.id}")
+        self._tasks[row.id] = task
+        task.add_done_callback(lambda t: self._finished(row.id, t))
+
+    def _finished(self, row_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(row_id, None)
+        self._wake.set()  # a slot is free, and the message's next callback may be eligible
+
+    async def drain(self) -> None:
+        """Send everything due now and wait for it (for tests)."""
+        while True:
+            due = await self._due(self._clock(), self._settings.concurrency)
+            for row in due:
+                self._start(row)
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+            elif not due:
+                return
+
+    async def stop(self, grace: float) -> int:
+        """Stop reading; give in-flight callbacks up to `grace` seconds; the rest stay pending."""
+        self._stopping.set()
+        self._wake.set()
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            logger.warning("event=webhooks_left_pending count=%d", len(pending))
+        return len(pending)
+
+    async def _send_safely(self, row: DueWebhook) -> None:
+        try:
+            await self.send(row)
+        except StoreError as exc:
+            # The row stays pending and is sent again later: at least once, never lost.
+            logger.warning("event=webhook_record_failed webhook=%d error=%r", row.id, exc.message)
+            self._hold(row)
+        except Exception:
+            logger.exception("event=webhook_crashed webhook=%d id=%s", row.id, row.message_id)
+            self._hold(row)
+
+    def _hold(self, row: DueWebhook) -> None:
+        delay = retry.backoff(row.attempts + 1, self._settings.policy, self._rng)
+        self._held[row.id] = self._clock() + max(delay, POLL_INTERVAL)
+
+    async def send(self, row: DueWebhook) -> Verdict:
+        """One try: POST the callback, record the outcome, log and publish it."""
+        settings = self._settings
+        attempt = row.attempts + 1
+        verdict: Verdict
+        if not settings.secret:
+            # Unsigned callbacks could be forged by anyone who learns the URL: never send them.
+            answer = _Answer(None, None)
+            verdict = GiveUp("webhooks.secret is not set, so callbacks cannot be signed")
+        else:
+            answer = await self._post(row, settings)
+            verdict = judge(answer.http_status, attempt, settings.policy, self._clock(), self._rng)
+        error = answer.error
+        if isinstance(verdict, GiveUp):
+            error = "; ".join(e for e in (answer.error, verdict.reason) if e)
+        now = self._clock()
+        await settle_webhook(
+            self._store,
+            row.id,
+            state=PENDING if isinstance(verdict, RetryAt) else _final_state(verdict),
+            next_attempt_at=verdict.at if isinstance(verdict, RetryAt) else None,
+            http_status=answer.http_status,
+            error=error,
+            finished_at=None if isinstance(verdict, RetryAt) else now,
+        )
+        self._report(row, verdict, attempt, answer.http_status, error)
+        return verdict
+
+    async def _post(self, row: DueWebhook, settings: SenderSettings) -> _Answer:
+        body = row.payload.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+            SIGNATURE_HEADER: sign(settings.secret, body, int(self._clock())),
+            EVENT_ID_HEADER: str(row.id),
+        }
+        try:
+            async with self._session.post(
+                row.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+        except TimeoutError:
+            return _Answer(None, f"no answer within {settings.timeout:g}s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return _Answer(None, f"could not connect: {type(exc).__name__}: {exc}"[:300])
+        return _Answer(status, None if 200 <= status < 300 else f"HTTP {status}")
+
+    def _report(
+        self,
+        row: DueWebhook,
+        verdict: Verdict,
+        attempt: int,
+        http_status: int | None,
+        error: str | None,
+    ) -> None:
+        """Log one line per outcome (the host only: a URL's path or query may hold a token)."""
+        host = urlsplit(row.url).hostname
+        line = (
+            f"id={row.message_id} webhook={row.id} status={row.status} host={host} "
+            f"attempt={attempt} http_status={http_status} error={error!r}"
+        )
+        if isinstance(verdict, RetryAt):
+            logger.info(
+                "event=webhook_retry_scheduled %s in_s=%.2f", line, verdict.at - self._clock()
+            )
+            return
+        kind = "webhook_delivered" if isinstance(verdict, Delivered) else "webhook_failed"
+        logger.log(
+            logging.INFO if kind == "webhook_delivered" else logging.WARNING,
+            "event=%s %s",
+            kind,
+            line,
+        )
+        self._events.publish(
+            kind,
+            {
+                "id": row.message_id,
+                "webhook": row.id,
+                "status": row.status,
+                "attempts": attempt,
+                "http_status": http_status,
+                "error": error,
+            },
+        )
+
+
+def _final_state(verdict: Delivered | GiveUp) -> str:
+    return DELIVERED if isinstance(verdict, Delivered) else FAILED

@@ -1,0 +1,208 @@
+"""`[delivery] ordering = "per_recipient"`: messages to one number reach providers in
+acceptance order, one at a time, retries included; the default mode is left as it was."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from dispatchd import store as store_mod
+from dispatchd.daemon import Daemon
+from dispatchd.ids import IdGenerator
+from dispatchd.models import ErrorCode, Message, Status
+from dispatchd.store import Store
+from tests.conftest import DaemonFactory, wait_for
+
+NOW = 1_800_000_000.0
+LEASE = 60.0
+A = "+17034573322"
+B = "+17034573323"
+
+
+class Outbox:
+    """An ordered or unordered store with messages put in by acceptance order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._ids = IdGenerator()
+
+    async def add(self, number: str, due: float = NOW) -> str:
+        msg = Message(
+            id=self._ids.new(),
+            to_number=number,
+            body="hello",
+            status=Status.QUEUED,
+            segments=1,
+            encoding="GSM-7",
+            created_at=NOW,
+            updated_at=NOW,
+            expires_at=NOW + 3600,
+            next_attempt_at=due,
+        )
+        await self.store.insert(msg)
+        return msg.id
+
+    async def claim(self, at: float = NOW) -> set[str]:
+        return {c.id for c in await self.store.claim(at, 100, LEASE)}
+
+
+@pytest.fixture
+async def ordered(tmp_path: Path) -> AsyncIterator[Outbox]:
+    store = await Store.open(tmp_path / "ordered.db", ordered=True)
+    yield Outbox(store)
+    await store.close()
+
+
+@pytest.fixture
+async def unordered(tmp_path: Path) -> AsyncIterator[Outbox]:
+    store = await Store.open(tmp_path / "unordered.db")
+    yield Outbox(store)
+    await store.close()
+
+
+# -- the claim ----------------------------------------------------------------------------
+
+
+async def test_one_claim_takes_only_the_oldest_due_message_of_each_number(
+    ordered: Outbox,
+) -> None:
+    a1, a2, a3 = [await ordered.add(A) for _ in range(3)]
+    b1 = await ordered.add(B)
+    # One statement claims the batch: its subquery sees the queue as it was, so a2 and a3
+    # are held back by a1 even though a1 only becomes `sending` in that same statement.
+    assert await ordered.claim() == {a1, b1}
+    assert await ordered.claim() == set()  # a1 is sending: a2 waits
+    # a1 found no provider: queued again, it is still ahead of a2, and goes first again.
+    await ordered.store.requeue(a1, NOW, ErrorCode.PROVIDERS_UNAVAILABLE, "retry", (), NOW)
+    assert await ordered.claim() == {a1}
+    await ordered.store.mark_sent(a1, "provider1", "p-1", (), NOW)
+    assert await ordered.claim() == {a2}
+    # A final status frees the next one as well as `sent` does.
+    await ordered.store.finish_unsent(
+        a2, Status.FAILED, ErrorCode.PROVIDERS_UNAVAILABLE, "gave up", (), NOW
+    )
+    assert await ordered.claim() == {a3}
+
+
+async def test_the_default_mode_claims_every_due_message_at_once(unordered: Outbox) -> None:
+    ids = {await unordered.add(A) for _ in range(3)} | {await unordered.add(B)}
+    assert await unordered.claim() == ids
+
+
+async def test_a_lapsed_lease_is_taken_back_without_letting_the_next_one_pass(
+    ordered: Outbox,
+) -> None:
+    a1, _a2 = await ordered.add(A), await ordered.add(A)
+    assert await ordered.claim() == {a1}
+    later = NOW + LEASE + 1
+    claimed = await ordered.store.claim(later, 100, LEASE)
+    assert [(c.id, c.attempt) for c in claimed] == [(a1, 2)]
+
+
+async def test_a_scheduled_message_holds_back_later_ones_to_its_number(ordered: Outbox) -> None:
+    # Acceptance order is the contract, so a message scheduled for later is not overtaken.
+    a1 = await ordered.add(A, due=NOW + 100)
+    a2 = await ordered.add(A)
+    b1 = await ordered.add(B)
+    assert await ordered.claim() == {b1}
+    await ordered.store.mark_sent(b1, "provider1", "p-0", (), NOW)
+    assert await ordered.claim(NOW + 100) == {a1}
+    await ordered.store.mark_sent(a1, "provider1", "p-1", (), NOW + 100)
+    assert await ordered.claim(NOW + 100) == {a2}
+
+
+async def test_the_worker_does_not_wake_for_a_message_that_must_wait(
+    ordered: Outbox, unordered: Outbox
+) -> None:
+    for outbox in (ordered, unordered):
+        await outbox.add(A)
+        await outbox.claim()
+        await outbox.add(A)  # due now, but behind the one being sent in ordered mode
+    # Waking for it would find nothing to claim, again and again: a busy loop.
+    assert await ordered.store.next_wakeup() == NOW + LEASE
+    assert await unordered.store.next_wakeup() == NOW
+
+
+# -- query plans ----------------------------------------------------------------------------
+
+ORDERED_QUERIES = {
+    "claim due": (store_mod.CLAIM_DUE_ORDERED, "messages_due"),
+    "claim expired lease": (store_mod.CLAIM_LEASE_EXPIRED_ORDERED, "messages_leased"),
+    "next due": (store_mod.NEXT_DUE_ORDERED, "messages_due"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDERED_QUERIES))
+async def test_ordered_queries_use_indexes_for_the_queue_and_the_earlier_messages(
+    ordered: Outbox, name: str
+) -> None:
+    sql, index = ORDERED_QUERIES[name]
+    params: Any = {"now": NOW, "limit": 10, "lease_until": NOW} if "UPDATE" in sql else ()
+    plan = await ordered.store.explain(sql, params)
+    print(f"{name}: {plan}")
+    # Every step reads through an index; none walks the whole table.
+    assert not [s for s in plan if s.startswith("SCAN") and "USING" not in s], plan
+    assert any(index in step for step in plan), plan
+    assert any(
+        step.startswith("SEARCH earlier USING") and "messages_to_number" in step for step in plan
+    ), plan
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+COUNT = 100
+# Half the provider calls fail; nothing is given up; the breaker neither opens nor shifts
+# traffic, so the failures and retries are what the test is about.
+FLAKY = {
+    "simulator": {"failure_rate": 0.5, "callback_delay": 3600},
+    "breaker": {"failure_threshold": 10_000, "min_calls": 1_000_000, "max_shift": 0.0},
+}
+
+
+async def _send_and_collect(d: Daemon) -> list[str]:
+    """Accept COUNT messages to one number in one batch; the order providers took them in."""
+    d.simulator.keep_received = True
+    texts = [f"m{i:03d}" for i in range(COUNT)]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{d.port}/messages/batch",
+            json={"messages": [{"to_number": A, "message": t} for t in texts]},
+        ) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 200 and body["accepted"] == COUNT, body
+    ids = [r["message"]["id"] for r in body["results"]]
+    assert ids == sorted(ids)  # acceptance order is item order
+
+    async def all_sent() -> bool:
+        assert d.store is not None
+        return (await d.store.counts()).get("sent", 0) == COUNT
+
+    await wait_for(all_sent, within=30, what=f"{COUNT} messages sent")
+    stats = d.simulator.stats.as_json()
+    failures = sum(p["errors"] for p in stats["providers"].values())
+    assert failures >= COUNT // 4, stats  # the failures really happened
+    return [r["message"] for r in d.simulator.received if r["to_number"] == A]
+
+
+async def test_messages_to_one_number_reach_providers_in_acceptance_order_through_failures(
+    start_daemon: DaemonFactory,
+) -> None:
+    d = await start_daemon(delivery={"ordering": "per_recipient", "max_attempts": 100}, **FLAKY)
+    arrived = await _send_and_collect(d)
+    assert arrived == sorted(arrived) and len(arrived) == COUNT
+
+
+async def test_the_default_mode_sends_them_concurrently_in_any_order(
+    start_daemon: DaemonFactory,
+) -> None:
+    d = await start_daemon(delivery={"max_attempts": 100}, **FLAKY)
+    arrived = await _send_and_collect(d)
+    assert sorted(arrived) == [f"m{i:03d}" for i in range(COUNT)]
+    # Retries of failed messages overtake nothing in ordered mode; here they fall behind.
+    assert arrived != sorted(arrived)
