@@ -501,6 +501,7 @@ class Store:
         try:
             writer = await loop.run_in_executor(executor, _connect, path)
             await loop.run_in_executor(executor, _prepare, writer)
+            await loop.run_in_executor(executor, _index_unfinished, writer, ordered)
             reader = await aiosqlite.connect(path)
             await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
@@ -1253,10 +1254,24 @@ async def purge_saved_responses(store: Store, now: float, limit: int) -> int:
 # one number a claim takes only the oldest. Unordered mode keeps the plain statements.
 # =========================================================================================
 
+# Only unfinished messages are in this partial index, so the check costs O(log n) however
+# long a number's delivered history is. Unordered mode drops it: it would cost every status
+# change an index write for nothing.
+CREATE_UNFINISHED_INDEX = """
+CREATE INDEX IF NOT EXISTS messages_unfinished_by_number ON messages(to_number, id)
+    WHERE status IN ('queued', 'sending')"""
+DROP_UNFINISHED_INDEX = "DROP INDEX IF EXISTS messages_unfinished_by_number"
 _NO_EARLIER_UNFINISHED = """NOT EXISTS (
-        SELECT 1 FROM messages AS earlier INDEXED BY messages_to_number
+        SELECT 1 FROM messages AS earlier INDEXED BY messages_unfinished_by_number
         WHERE earlier.to_number = m.to_number AND earlier.id < m.id
             AND earlier.status IN ('queued', 'sending'))"""
+
+
+def _index_unfinished(conn: sqlite3.Connection, ordered: bool) -> None:
+    """Create the per-number index of unfinished messages in ordered mode; drop it otherwise."""
+    conn.execute(CREATE_UNFINISHED_INDEX if ordered else DROP_UNFINISHED_INDEX)
+
+
 CLAIM_DUE_ORDERED = f"""
 UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
     attempt_count = attempt_count + 1, next_attempt_at = NULL

@@ -150,6 +150,13 @@ async def problem_middleware(
 # -- rendering ----------------------------------------------------------------------------
 
 
+def _seconds(value: float | None) -> float | int | None:
+    """Seconds as the client wrote them: 900, not 900.0 (SQLite hands back REALs)."""
+    if value is not None and value.is_integer():
+        return int(value)
+    return value
+
+
 def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
     """The public JSON shape of a message."""
     error = (
@@ -169,7 +176,7 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
         "updated_at": isoformat(msg.updated_at),
         "next_attempt_at": isoformat(msg.next_attempt_at) if msg.status is Status.QUEUED else None,
         "send_at": isoformat(msg.send_at),
-        "validity_period": msg.validity_period,
+        "validity_period": _seconds(msg.validity_period),
         "expires_at": isoformat(msg.expires_at),
         "status_callback_url": msg.status_callback_url,
     }

@@ -3,6 +3,8 @@ acceptance order, one at a time, retries included; the default mode is left as i
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -148,8 +150,22 @@ async def test_ordered_queries_use_indexes_for_the_queue_and_the_earlier_message
     assert not [s for s in plan if s.startswith("SCAN") and "USING" not in s], plan
     assert any(index in step for step in plan), plan
     assert any(
-        step.startswith("SEARCH earlier USING") and "messages_to_number" in step for step in plan
+        step.startswith("SEARCH earlier USING") and "messages_unfinished_by_number" in step
+        for step in plan
     ), plan
+
+
+async def test_the_unfinished_index_exists_only_while_ordering_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "switch.db"
+
+    def indexes() -> set[str]:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+
+    for ordered, present in ((True, True), (False, False), (True, True)):
+        store = await Store.open(path, ordered=ordered)
+        await store.close()
+        assert ("messages_unfinished_by_number" in indexes()) is present
 
 
 # -- end to end -------------------------------------------------------------------------------
