@@ -136,7 +136,11 @@ def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         )
     rng = random.Random(args.seed) if args.seed is not None else None
     app = make_simulator_app(SimulatorState(settings, rng))
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    # A stand-in provider owes nobody a graceful drain: requests it holds (slow or hanging
+    # faults) are cut after a second rather than keeping SIGTERM waiting for a minute.
+    web.run_app(
+        app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=1.0
+    )
     return 0
 
 
