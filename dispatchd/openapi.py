@@ -12,15 +12,17 @@ import functools
 from typing import Any, Final
 
 from dispatchd.auth import OPEN_PATHS
+from dispatchd.batches import MAX_BATCH_ITEMS
 from dispatchd.encoding import Encoding
 from dispatchd.models import REPORT_STATUSES, ErrorCode, Outcome, Status
+from dispatchd.service import MAX_SCHEDULE_AHEAD, MAX_URL_LENGTH, MAX_VALIDITY
 from dispatchd.watch import HEARTBEAT, MAX_EVENT_ID, MAX_WAIT
 
 __all__ = ["openapi_document"]
 
 API_VERSION: Final = "0.1.0"
 E164_PATTERN: Final = r"^\+[1-9][0-9]{1,14}$"
-# Must match dispatchd.web (not imported: web imports this module).
+# Must match dispatchd.problems and dispatchd.web (web imports this module, not the reverse).
 PROBLEM_TYPE_PATTERN: Final = r"^https://dispatchd\.dev/problems/[a-z0-9_]+$"
 LIST_LIMIT_DEFAULT: Final = 50
 LIST_LIMIT_MAX: Final = 500
@@ -51,11 +53,7 @@ FIELD_ERROR_CODES: Final = (
     "too_many",
     "not_an_object",
 )
-# Must match dispatchd.service and dispatchd.web (not imported: web imports this module).
-MAX_SCHEDULE_DAYS: Final = 35
-MAX_VALIDITY: Final = 30 * 86_400
-MAX_URL_LENGTH: Final = 2048
-MAX_BATCH_ITEMS: Final = 1000
+MAX_SCHEDULE_DAYS: Final = MAX_SCHEDULE_AHEAD // 86_400
 
 Schema = dict[str, Any]
 

@@ -37,16 +37,19 @@ async def test_bench_runs_every_phase_and_reports_consistent_numbers() -> None:
     assert accept["stored"] == 150, "every 202 is a stored message"
     assert accept["ratio_to_ceiling"] > 0
     assert accept["p50_ms"] <= accept["p95_ms"] <= accept["p99_ms"]
-    assert e2e["delivered"] == e2e["sent_requests"] == e2e["new_messages"] == 150
+    # Each end-to-end phase stops after 150 requests or 0.5 s, whichever comes first (a
+    # loaded machine may not reach 150); whatever was sent must all be delivered.
+    plain = e2e["sent_requests"]
+    assert 0 < plain <= 150 and e2e["delivered"] == e2e["new_messages"] == plain
     assert e2e["delivered_per_s"] > 0 and e2e["p50_ms"] > 0
     # Again with live-status watchers (SSE, through dispatchd.client): each followed
     # message ended final, none failed.
     watched = report["end_to_end_watched"]
-    sent = watched["sent_requests"]  # the 0.5 s phase may end before the 150th request
+    sent = watched["sent_requests"]
     assert 0 < sent <= 150 and watched["delivered"] == watched["new_messages"] == sent
     assert 0 < watched["watched"] <= sent and watched["watch_errors"] == 0
     assert backlog["ok"] == 150
-    assert backlog["stored_messages"] == 2_000 + 3 * 150 + sent
+    assert backlog["stored_messages"] == 2_000 + 2 * 150 + plain + sent
     assert 0 < report["daemon_peak_rss_mb"] < 1000
     table = bench.render(report)
     for phase in ("ceiling", "accept", "end to end", "20 watchers", "backlog"):

@@ -29,8 +29,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dispatchd import bodies as dispatchd_bodies
 from dispatchd import connections as dispatchd_connections
-from dispatchd import web as dispatchd_web
 from dispatchd.daemon import Daemon
 from dispatchd.web import GUARD, MAX_BODY, ConnectionGuard, WebDeps, make_app, make_runner
 from tests.conftest import DaemonFactory, wait_for
@@ -224,7 +224,7 @@ async def guarded(daemon: Daemon) -> AsyncIterator[GuardedFactory]:
 
 @pytest.fixture
 def short_body_timeout(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
-    monkeypatch.setattr(dispatchd_web, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(dispatchd_bodies, "BODY_TIMEOUT", 0.5)
     yield 0.5
 
 
@@ -779,7 +779,7 @@ async def test_when_every_connection_is_mid_request_the_newcomer_is_refused(
 ) -> None:
     """Requests in progress are never cut to make room: at the cap with all of them busy
     (bodies still arriving), a new connection is closed instead, and the busy ones finish."""
-    monkeypatch.setattr(dispatchd_web, "BODY_TIMEOUT", 30.0)
+    monkeypatch.setattr(dispatchd_bodies, "BODY_TIMEOUT", 30.0)
     served = await guarded(max_connections=5)
     body = json.dumps({"to_number": NUMBER, "message": "slow"}).encode()
     busy = []

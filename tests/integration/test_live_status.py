@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd import web as dispatchd_web
+from dispatchd import live as dispatchd_live
 from dispatchd.client import Client, SendItem
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
@@ -158,7 +158,7 @@ async def test_notes_that_keep_the_status_are_not_events(
 async def test_idle_streams_get_heartbeats(
     daemon: Daemon, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dispatchd_web, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(dispatchd_live, "HEARTBEAT", 0.05)
     hold(daemon)
     stream = await open_stream(http, await send(http))
     assert (await stream.next_event()) is not None
