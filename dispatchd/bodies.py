@@ -133,6 +133,9 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
     Chunked or not, a huge body is never buffered whole: request.read() would only stop at
     the app-wide client_max_size, which is the batch route's larger limit.
     """
+    if request.content_length is not None:
+        # Already checked against `limit`, and the parser never reads past Content-Length.
+        return await request.read()
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
