@@ -115,6 +115,10 @@ class KeyRing:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return Verdict(None, "missing")
+        # No accepted key is anything but printable ASCII (parse_key), and aiohttp hands
+        # undecodable header bytes over as lone surrogates, which cannot even be hashed.
+        if not (token.isascii() and token.isprintable()):
+            return Verdict(None, "wrong")
         presented = digest(token)
         # Every digest is compared (no early exit), so timing does not say which key matched.
         matched = b""

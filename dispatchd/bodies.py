@@ -16,6 +16,10 @@ from dispatchd.problems import Problem
 from dispatchd.service import FieldError, SendRequest, Service, ValidationFailed
 
 MAX_BODY = 64 * 1024
+# Deepest JSON nesting taken: send fields are flat and a batch adds two levels. Deeper
+# values are refused up front, so nothing later (the idempotency hash re-encodes the
+# fields inside another level) can hit Python's recursion limit on them.
+MAX_NESTING = 32
 # Seconds a client has to send the whole body once its headers are in (slow-body attacks).
 BODY_TIMEOUT = 10.0
 
@@ -88,7 +92,27 @@ def parse_body(raw: bytes, *, is_json: bool) -> Mapping[str, Any]:
         raise _malformed(f"The body is not valid JSON ({exc}).") from exc
     if not isinstance(data, dict):
         raise _malformed("The body must be a JSON object.")
+    if _nesting(data) > MAX_NESTING:
+        raise _malformed(f"The body's JSON is nested too deeply (more than {MAX_NESTING} levels).")
     return data
+
+
+def _nesting(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a flat object is 1), walked without recursion.
+
+    Stops as soon as it passes MAX_NESTING, so a deep value costs no more than a flat one.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_NESTING:
+                break
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _too_large(limit: int) -> Problem:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
 
@@ -256,8 +257,15 @@ class BatchResult:
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
+    value = resp.headers.get("Retry-After", "").strip()
+    # ASCII digits only: str.isdigit() is also true for "²" and other scripts' digits,
+    # which float() then refuses.
+    return float(value) if value.isascii() and value.isdigit() else None
+
+
+def _message_path(msg_id: str) -> str:
+    """The path of a message, its id quoted whole: an id with "/" or "?" stays one segment."""
+    return f"/messages/{quote(msg_id, safe='')}"
 
 
 async def _raise_for_problem(resp: aiohttp.ClientResponse) -> None:
@@ -383,7 +391,7 @@ class Client:
 
     async def get(self, msg_id: str) -> Message:
         """`GET /messages/{id}`: the message with its attempts and history."""
-        return Message.from_json(await self._json("GET", f"/messages/{msg_id}"))
+        return Message.from_json(await self._json("GET", _message_path(msg_id)))
 
     # The deadline sizes each long poll, which a caller's asyncio.timeout could not do.
     async def wait_for_final(self, msg_id: str, timeout: float = 60.0) -> Message:  # noqa: ASYNC109
@@ -399,7 +407,7 @@ class Client:
                 # The status we last saw: a change in between answers at once.
                 params["status"] = seen.value
             data = await self._json(
-                "GET", f"/messages/{msg_id}", params=params, seconds=wait + POLL_MARGIN
+                "GET", _message_path(msg_id), params=params, seconds=wait + POLL_MARGIN
             )
             msg = Message.from_json(data)
             if msg.final:
@@ -418,7 +426,7 @@ class Client:
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
         async with self.session.get(
-            f"{self.base_url}/messages/{msg_id}/events",
+            f"{self.base_url}{_message_path(msg_id)}/events",
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_read=STREAM_IDLE),
         ) as resp:

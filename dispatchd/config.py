@@ -16,6 +16,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from dispatchd.addresses import private_literal
 from dispatchd.breaker import BreakerSettings
 from dispatchd.errors import ConfigError
 from dispatchd.numbers import valid_region
@@ -214,6 +215,10 @@ class WebhooksConfig(_Section):
     """Upper bound of the delay between tries, in seconds."""
     concurrency: int = Field(16, ge=1, le=1000)
     """Callback requests in flight at most (apart from provider traffic)."""
+    allow_private_addresses: bool = False
+    """Send callbacks to loopback, RFC 1918, link-local and other non-public addresses too.
+    Off, clients cannot use their callback URLs to probe the network dispatchd runs in;
+    turn it on only when every client is trusted (or for a receiver on this machine)."""
 
     @field_validator("default_url")
     @classmethod
@@ -227,6 +232,12 @@ class WebhooksConfig(_Section):
             raise ValueError(
                 "default_url is set but secret is empty; status callbacks are signed with "
                 "secret, so set webhooks.secret too"
+            )
+        host = urlsplit(self.default_url or "").hostname
+        if not self.allow_private_addresses and private_literal(host) is not None:
+            raise ValueError(
+                f"default_url points at the private address {host}, and callbacks are not "
+                "sent to private addresses; set webhooks.allow_private_addresses = true"
             )
         return self
 

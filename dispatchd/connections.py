@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -117,7 +118,19 @@ GUARD = web.AppKey("connection_guard", ConnectionGuard)
 
 
 class _ProblemRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering unparseable HTTP with problem+json too."""
+    """aiohttp's connection handler, answering unparseable HTTP with problem+json too, and
+    telling the handlers running on it when the client goes away (`on_connection_lost`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = False
+        self.on_lost: set[Callable[[], None]] = set()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        super().connection_lost(exc)
+        for callback in tuple(self.on_lost):
+            callback()
 
     def handle_error(
         self,
@@ -147,6 +160,37 @@ class _ProblemRequestHandler(web.RequestHandler):
         response = problem.response()
         response.force_close()
         return response
+
+
+def connection_gone(request: web.BaseRequest) -> bool:
+    """Whether the client of `request` has hung up (nothing sent now would reach it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@contextmanager
+def on_connection_lost(request: web.BaseRequest, callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` (once) if the connection of `request` closes during the block.
+
+    aiohttp's handler_cancellation would end a handler whose client left, but wherever it
+    is: an idempotent request whose store write is queued would release its key before
+    the write commits, and a retry could create a second message. So it stays off, and
+    handlers that park for long (long polls, event streams) ask for this instead. A
+    callback rather than checking `connection_gone` every second or so: idle waiters cost
+    nothing (thousands of them would each wake every second) and end at once.
+    Only connections served by `make_runner` report it; elsewhere the block runs without.
+    """
+    conn = request.protocol
+    if not isinstance(conn, _ProblemRequestHandler):
+        yield
+        return
+    if conn.lost:
+        callback()  # gone before the block began: the callback would never run otherwise
+    conn.on_lost.add(callback)
+    try:
+        yield
+    finally:
+        conn.on_lost.discard(callback)
 
 
 class _GuardedServer(web.Server):

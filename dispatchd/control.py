@@ -261,7 +261,10 @@ async def find_messages(request: web.Request) -> web.Response:
         number = to_e164(raw_number, deps.default_region)
     except NumberError as exc:
         raise _invalid("to_number", exc.code, exc.message) from exc
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LOOKUP_LIMIT_MAX:
+    # isascii: isdigit() also takes '²' and Arabic-Indic digits, which int() refuses or
+    # reads; the length cap keeps int() away from thousands of digits.
+    ok = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9
+    if not ok or not 1 <= int(raw_limit) <= LOOKUP_LIMIT_MAX:
         raise _invalid(
             "limit", "out_of_range", f"limit must be a whole number from 1 to {LOOKUP_LIMIT_MAX}."
         )

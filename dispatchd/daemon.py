@@ -35,7 +35,7 @@ from dispatchd.store import QueueStats, Store
 from dispatchd.systemd import Notifier
 from dispatchd.watch import Watchers
 from dispatchd.web import WebDeps, make_app
-from dispatchd.webhooks import Sender, SenderSettings, restart_only_changes
+from dispatchd.webhooks import Sender, SenderSettings, make_session, restart_only_changes
 from dispatchd.worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -187,9 +187,8 @@ class Daemon:
     def _start_webhooks(self, store: Store) -> None:
         """Start the status-callback sender; pending callbacks from before a restart go first."""
         settings = SenderSettings.from_config(self.config.webhooks)
-        self._webhook_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0),
-        )
+        # Its resolver refuses private addresses unless webhooks.allow_private_addresses.
+        self._webhook_session = make_session(self.config.webhooks)
         sender = self.webhooks = Sender(
             store,
             self._webhook_session,

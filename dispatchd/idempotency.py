@@ -75,9 +75,16 @@ def key_problem(raw: str) -> str | None:
 
 def request_hash(method: str, path: str, fields: Mapping[str, Any]) -> str:
     """SHA-256 over the method, path and fields as canonical JSON (sorted keys, no spaces)."""
-    canonical = json.dumps(
-        [method.upper(), path, fields], sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
+    try:
+        canonical = json.dumps(
+            [method.upper(), path, fields], sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        )
+    except RecursionError as exc:
+        # bodies.parse_body already caps nesting far below the recursion limit; this keeps
+        # any other caller's deep fields a 400 rather than a 500.
+        raise Problem(
+            400, "malformed_request", "Malformed request", "The body's JSON is nested too deeply."
+        ) from exc
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -9,6 +9,7 @@ from aiohttp import hdrs, web
 
 from dispatchd import store as store_mod
 from dispatchd.bodies import validation
+from dispatchd.connections import connection_gone, on_connection_lost
 from dispatchd.errors import StoreUnavailable
 from dispatchd.models import HistoryEntry, Status
 from dispatchd.resources import message_resource, no_such_message
@@ -30,25 +31,32 @@ async def get_message(request: web.Request) -> web.Response:
     wait, seen = _wait_params(request)
     msg_id = request.match_info["id"]
     # Registered before the first read, so a change committed after it always wakes us.
-    with deps.watchers.watch(msg_id) as watch:
+    # A client that hangs up wakes it too, so its watch and handler end then, not after
+    # the whole wait: a client dropping polls in a loop would otherwise pile them up.
+    with deps.watchers.watch(msg_id) as watch, on_connection_lost(request, watch.wake):
         msg = await deps.service.store.get(msg_id)
         if msg is None:
             raise no_such_message(msg_id)
         baseline = seen or msg.status
         waits = wait > 0 and msg.status is baseline and not msg.status.final
-        if waits and await _until_status_changes(deps, watch, baseline, wait):
+        if waits and await _until_status_changes(request, deps, watch, baseline, wait):
             msg = await deps.service.store.get(msg_id) or msg
     return web.json_response(message_resource(msg, detailed=True))
 
 
-async def _until_status_changes(deps: WebDeps, watch: Watch, baseline: Status, wait: float) -> bool:
-    """Wait up to `wait` seconds for the status to leave `baseline`; False if nothing woke us."""
+async def _until_status_changes(
+    request: web.Request, deps: WebDeps, watch: Watch, baseline: Status, wait: float
+) -> bool:
+    """Wait up to `wait` seconds for the status to leave `baseline`; False if nothing woke us
+    (or the client left: the answer would reach no one)."""
     # A woken watch reads only the status (one small query); the caller reads the whole
     # message once, at the end.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     woken = False
     while (left := deadline - loop.time()) > 0 and await watch.wait(left):
+        if connection_gone(request):
+            return False
         woken = True
         if await store_mod.message_status(deps.service.store, watch.msg_id) is not baseline:
             break
@@ -118,7 +126,9 @@ async def message_events(request: web.Request) -> web.StreamResponse:
     after = _last_event_id(request)
     msg_id = request.match_info["id"]
     store = deps.service.store
-    with deps.watchers.watch(msg_id) as watch:
+    # A client that hangs up wakes the watch, ending the stream at once rather than at
+    # the next heartbeat (the first write that would fail).
+    with deps.watchers.watch(msg_id) as watch, on_connection_lost(request, watch.wake):
         history = await store_mod.message_history(store, msg_id)
         if not history and await store_mod.message_status(store, msg_id) is None:
             raise no_such_message(msg_id)
@@ -134,8 +144,9 @@ async def message_events(request: web.Request) -> web.StreamResponse:
         if request.method == hdrs.METH_HEAD:
             return response  # no body would ever reach the client: do not hold the handler
         try:
-            await _stream(response, deps, watch, history, after)
-            await response.write_eof()
+            await _stream(request, response, deps, watch, history, after)
+            if not connection_gone(request):
+                await response.write_eof()
         except (ConnectionResetError, StoreUnavailable):
             # The client left, or the store failed mid-stream: the headers are sent, so no
             # problem+json now; a client resumes with Last-Event-ID.
@@ -144,13 +155,15 @@ async def message_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
+    request: web.Request,
     response: web.StreamResponse,
     deps: WebDeps,
     watch: Watch,
     history: tuple[HistoryEntry, ...],
     after: int,
 ) -> None:
-    """Write status events until one is final or the server stops; heartbeats meanwhile."""
+    """Write status events until one is final, the server stops or the client leaves;
+    heartbeats meanwhile."""
     while True:
         for index, entry in status_changes(history, after):
             await response.write(status_event(watch.msg_id, index, entry))
@@ -160,7 +173,10 @@ async def _stream(
         # Final with nothing left to send: the client had seen it all (Last-Event-ID).
         if (history and history[-1].status.final) or deps.watchers.closed:
             return
-        if not await watch.wait(HEARTBEAT):
+        woken = await watch.wait(HEARTBEAT)
+        if connection_gone(request):
+            return
+        if not woken:
             if deps.watchers.closed:
                 return
             await response.write(HEARTBEAT_LINE)

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from dispatchd.auth import OPEN_PATHS
 from dispatchd.batches import MAX_BATCH_ITEMS
+from dispatchd.bodies import MAX_NESTING
 from dispatchd.encoding import Encoding
 from dispatchd.models import REPORT_STATUSES, ErrorCode, Outcome, Status
 from dispatchd.service import MAX_SCHEDULE_AHEAD, MAX_URL_LENGTH, MAX_VALIDITY
@@ -49,6 +50,7 @@ FIELD_ERROR_CODES: Final = (
     "not_a_boolean",
     "invalid_url",
     "callbacks_disabled",
+    "private_address",
     "not_a_list",
     "too_many",
     "not_an_object",
@@ -266,8 +268,9 @@ _STATUS_CALLBACK: Final[Schema] = {
             "type": "string",
             "enum": ["pending", "delivered", "failed"],
             "description": "`pending`: not yet taken (waiting for its turn or a retry); "
-            "`delivered`: the receiver answered 2xx; `failed`: given up (a 4xx other than "
-            "408/429, or `max_attempts` tries without a 2xx).",
+            "`delivered`: the receiver answered 2xx; `failed`: given up (any answer "
+            "but 2xx, 5xx, 408 and 429 — a 4xx or a redirect, which is not followed —, a "
+            "private destination, or `max_attempts` tries without a 2xx).",
         },
         "attempts": {"type": "integer", "minimum": 0, "description": "Tries made so far."},
         "last_http_status": _nullable(
@@ -279,7 +282,12 @@ _STATUS_CALLBACK: Final[Schema] = {
             }
         ),
         "last_error": _nullable(
-            {"type": "string", "description": "What went wrong on the last try, if anything."}
+            {
+                "type": "string",
+                "description": "What went wrong on the last try, if anything: `HTTP <status>`, "
+                "`no answer within <timeout>`, `connection failed` or `refused: private "
+                "address`, with why it was given up when it was.",
+            }
         ),
         "created_at": {**_TIMESTAMP, "description": "When the status change was queued."},
         "finished_at": _nullable(
@@ -437,7 +445,10 @@ _SEND_REQUEST: Final[Schema] = {
             "description": "An http(s) URL to POST each status change of the message to "
             "(see the `messageStatus` webhook). Default: the server's `[webhooks] "
             "default_url`. Refused (`callbacks_disabled`) when the server has no "
-            "`[webhooks] secret` to sign them with.",
+            "`[webhooks] secret` to sign them with, and (`private_address`) when the host is "
+            "a loopback, private, link-local or other non-public IP address, unless the "
+            "server allows those (`[webhooks] allow_private_addresses`); a host name that "
+            "resolves only to such addresses is refused when sending.",
             "examples": ["https://app.example.com/sms/status"],
         },
     },
@@ -597,7 +608,8 @@ _BODY_TOO_LARGE: Final = _problem(413, ["payload_too_large"], "The body is over 
 _MALFORMED: Final = _problem(
     400,
     ["malformed_request"],
-    "The body is not valid UTF-8 JSON, or is JSON but not an object.",
+    f"The body is not valid UTF-8 JSON, is nested more than {MAX_NESTING} levels deep, or is "
+    "JSON but not an object.",
 )
 _UNSUPPORTED: Final = _problem(
     415,
@@ -611,6 +623,13 @@ _STORAGE_UNAVAILABLE: Final = _problem(
     ["storage_unavailable"],
     "The database cannot take writes right now (disk full, locked, I/O error); nothing was "
     "stored. Retry after `Retry-After` seconds.",
+    retry_after=True,
+)
+_STORAGE_UNREADABLE: Final = _problem(
+    503,
+    ["storage_unavailable"],
+    "The database cannot be read right now (an I/O error, or dispatchd is shutting down). "
+    "Retry after `Retry-After` seconds.",
     retry_after=True,
 )
 _INVALID_TOKEN: Final = _problem(
@@ -804,6 +823,7 @@ _LIST_MESSAGES: Final[Schema] = {
             "A query parameter is invalid (present but empty counts: `status=` is not a "
             "status); `errors` lists each one.",
         ),
+        "503": _STORAGE_UNREADABLE,
         "default": _DEFAULT,
     },
 }
@@ -845,6 +865,7 @@ _GET_MESSAGE: Final[Schema] = {
             "`wait` is not a number from 0 to 60, or `status` is not a status; `errors` "
             "lists each one.",
         ),
+        "503": _STORAGE_UNREADABLE,
         "default": _DEFAULT,
     },
 }
@@ -910,6 +931,14 @@ _MESSAGE_EVENTS: Final[Schema] = {
         ),
         "422": _problem(
             422, ["validation_failed"], "`Last-Event-ID` is not a whole number up to 999999999."
+        ),
+        "503": _problem(
+            503,
+            ["storage_unavailable"],
+            "The database cannot be read right now (an I/O error, or dispatchd is shutting "
+            "down), before any stream. Retry after `Retry-After` seconds. Once the stream has "
+            "begun, a failure ends it instead: reconnect with `Last-Event-ID`.",
+            retry_after=True,
         ),
         "default": _DEFAULT,
     },

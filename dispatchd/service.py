@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatchd import store as store_mod
+from dispatchd.addresses import private_literal
 from dispatchd.config import DeliveryConfig, WebhooksConfig
 from dispatchd.encoding import segment, smart_encode
 from dispatchd.errors import DispatchdError
@@ -147,7 +148,9 @@ def _parse_flag(name: str, value: Any, default: bool) -> bool | FieldError:
     return value
 
 
-def _parse_callback_url(value: Any, *, can_sign: bool) -> str | FieldError | None:
+def _parse_callback_url(
+    value: Any, *, can_sign: bool, allow_private: bool
+) -> str | FieldError | None:
     """A client's status callback URL, None when absent, or what is wrong with it."""
     name = "status_callback_url"
     if value is None:
@@ -176,6 +179,14 @@ def _parse_callback_url(value: Any, *, can_sign: bool) -> str | FieldError | Non
             "callbacks_disabled",
             "This server has no [webhooks] secret, so it cannot sign status callbacks and "
             f"does not send them; leave out {name} or ask the operator to set one.",
+        )
+    if not allow_private and private_literal(parts.hostname) is not None:
+        # Host names are checked when connecting: they may resolve elsewhere by then.
+        return FieldError(
+            name,
+            "private_address",
+            f"{name} points at a private or local address ({parts.hostname}); this server "
+            "sends status callbacks only to public addresses.",
         )
     return value
 
@@ -221,7 +232,9 @@ class Service:
             "smart_encoding", data.get("smart_encoding"), self._delivery.smart_encoding
         )
         url = _parse_callback_url(
-            data.get("status_callback_url"), can_sign=bool(self._webhooks.secret)
+            data.get("status_callback_url"),
+            can_sign=bool(self._webhooks.secret),
+            allow_private=self._webhooks.allow_private_addresses,
         )
         errors += [v for v in (send_at, validity, smart, url) if isinstance(v, FieldError)]
         text = self._check_text(data.get("message"), smart is True, errors)

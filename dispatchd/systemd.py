@@ -27,7 +27,7 @@ class Notifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
-        watched = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        watched = usec.isascii() and usec.isdigit() and (not pid or pid == str(os.getpid()))
         self.watchdog_interval = int(usec) / 1_000_000 if watched else None
 
     @property

@@ -1,11 +1,15 @@
 """Status callbacks: POST every status change to the client's URL, signed, from the outbox.
 
 The store's triggers queue one row per status change in the same transaction as the change,
-so none is lost. The sender here reads due rows (the oldest pending one of each message, so
-a message's callbacks arrive in order), POSTs them with its own HTTP session and its own
-concurrency limit (a slow receiver never holds up provider traffic), and records each
-outcome on the row. Delivery is at least once: a crash between a receiver's 2xx and the
-record of it sends that callback again after the restart.
+so none is lost. The sender here reads due rows (only the oldest pending one of each message
+has a due time, so a message's callbacks arrive in order), POSTs them with its own HTTP
+session and its own concurrency limit (a slow receiver never holds up provider traffic), and
+records each outcome on the row. Delivery is at least once: a crash between a receiver's 2xx
+and the record of it sends that callback again after the restart.
+
+Clients choose the URLs, so unless `allow_private_addresses` is on, nothing is sent to a
+private address: an IP literal is refused before connecting, a host name by the session's
+resolver (the address actually connected to, so DNS cannot point it inside later).
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ import hmac
 import importlib.metadata
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from dispatchd import retry
+from dispatchd.addresses import is_private, literal_address, private_literal
 from dispatchd.config import WebhooksConfig
 from dispatchd.errors import StoreError
 from dispatchd.events import Event, EventBus
@@ -60,7 +68,8 @@ def verify(
     macs: list[str] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
+        # isascii: str.isdigit() is true for "²", which int() refuses.
+        if key == "t" and value.isascii() and value.isdigit():
             t = int(value)
         elif key == "v1":
             macs.append(value)
@@ -123,6 +132,47 @@ def restart_only_changes(old: WebhooksConfig, new: WebhooksConfig) -> list[str]:
     ]
 
 
+# -- private addresses --------------------------------------------------------------------
+
+REFUSED_PRIVATE = "refused: private address"
+
+
+class PrivateAddressRefused(OSError):
+    """The host resolves only to private addresses, which callbacks may not go to."""
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves like `inner`, keeping only public addresses; raises when none is left."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        public = [r for r in found if not _private_result(r)]
+        if not public:
+            raise PrivateAddressRefused(f"{host} resolves only to private addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _private_result(result: ResolveResult) -> bool:
+    address = literal_address(result["host"])
+    return address is None or is_private(address)  # unparseable: not provably public
+
+
+def make_session(cfg: WebhooksConfig) -> aiohttp.ClientSession:
+    """The sender's own HTTP session (call within the event loop)."""
+    resolver = None if cfg.allow_private_addresses else PublicResolver()
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=0, resolver=resolver),
+    )
+
+
 def user_agent() -> str:
     """`dispatchd/<installed version>`."""
     try:
@@ -141,17 +191,20 @@ class SenderSettings:
     timeout: float
     concurrency: int
     policy: retry.RetryPolicy
+    allow_private_addresses: bool = False
 
     @classmethod
     def from_config(cls, cfg: WebhooksConfig) -> SenderSettings:
         policy = retry.RetryPolicy(cfg.max_attempts, cfg.backoff_initial, cfg.backoff_max)
-        return cls(cfg.secret, cfg.timeout, cfg.concurrency, policy)
+        return cls(cfg.secret, cfg.timeout, cfg.concurrency, policy, cfg.allow_private_addresses)
 
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
     http_status: int | None
-    error: str | None
+    error: str | None  # shown to the client: generic, never an exception's text
+    detail: str | None = None  # for the log only
+    refused: bool = False  # a private destination: given up at once, never retried
 
 
 class Sender:
@@ -177,6 +230,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}  # in flight, by webhook row id
+        self._run_ended = asyncio.Event()
         # Rows whose outcome could not be recorded (store down, a bug): still due in the
         # database, so held back here until this time instead of being re-sent in a loop.
         self._held: dict[int, float] = {}
@@ -207,6 +261,7 @@ class Sender:
     async def run(self) -> None:
         """Send due callbacks until stopped."""
         self.running = True
+        self._run_ended.clear()
         try:
             while not self._stopping.is_set():
                 # Cleared before reading so a status change during the read is not missed.
@@ -214,6 +269,8 @@ class Sender:
                 now = self._clock()
                 free = self._settings.concurrency - len(self._tasks)
                 due = await self._due(now, free) if free > 0 else []
+                if self._stopping.is_set():
+                    break  # stop() is collecting the tasks: start no more
                 for row in due:
                     self._start(row)
                 if due and len(due) == free:
@@ -221,6 +278,7 @@ class Sender:
                 await self._sleep(now)
         finally:
             self.running = False
+            self._run_ended.set()
 
     async def _due(self, now: float, limit: int) -> list[DueWebhook]:
         self._held = {i: until for i, until in self._held.items() if until > now}
@@ -267,6 +325,9 @@ class Sender:
         """Stop reading; give in-flight callbacks up to `grace` seconds; the rest stay pending."""
         self._stopping.set()
         self._wake.set()
+        if self.running:
+            # Its read may be in progress; once it returns, the task list is final.
+            await self._run_ended.wait()
         if not self._tasks:
             return 0
         _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
@@ -303,7 +364,11 @@ class Sender:
             verdict = GiveUp("webhooks.secret is not set, so callbacks cannot be signed")
         else:
             answer = await self._post(row, settings)
-            verdict = judge(answer.http_status, attempt, settings.policy, self._clock(), self._rng)
+            verdict = (
+                GiveUp(REFUSED_PRIVATE)
+                if answer.refused
+                else judge(answer.http_status, attempt, settings.policy, self._clock(), self._rng)
+            )
         error = answer.error
         if isinstance(verdict, GiveUp):
             error = "; ".join(e for e in (answer.error, verdict.reason) if e)
@@ -317,10 +382,15 @@ class Sender:
             error=error,
             finished_at=None if isinstance(verdict, RetryAt) else now,
         )
-        self._report(row, verdict, attempt, answer.http_status, error)
+        self._report(row, verdict, attempt, answer.http_status, error, answer.detail)
         return verdict
 
     async def _post(self, row: DueWebhook, settings: SenderSettings) -> _Answer:
+        if not settings.allow_private_addresses:
+            # IP literals never reach the resolver, so they are checked here.
+            literal = private_literal(urlsplit(row.url).hostname)
+            if literal is not None:
+                return _Answer(None, None, f"{literal} is private", refused=True)
         body = row.payload.encode()
         headers = {
             "Content-Type": "application/json",
@@ -339,8 +409,14 @@ class Sender:
                 status = resp.status
         except TimeoutError:
             return _Answer(None, f"no answer within {settings.timeout:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            # getattr: not every subclass (the TLS ones) is sure to set os_error.
+            if isinstance(getattr(exc, "os_error", None), PrivateAddressRefused):
+                return _Answer(None, None, str(exc.os_error), refused=True)
+            return _Answer(None, "connection failed", _describe(exc))
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _Answer(None, f"could not connect: {type(exc).__name__}: {exc}"[:300])
+            # Not the text: it would tell the client which of its hosts and ports answer.
+            return _Answer(None, "connection failed", _describe(exc))
         return _Answer(status, None if 200 <= status < 300 else f"HTTP {status}")
 
     def _report(
@@ -350,6 +426,7 @@ class Sender:
         attempt: int,
         http_status: int | None,
         error: str | None,
+        detail: str | None = None,
     ) -> None:
         """Log one line per outcome (the host only: a URL's path or query may hold a token)."""
         host = urlsplit(row.url).hostname
@@ -357,6 +434,8 @@ class Sender:
             f"id={row.message_id} webhook={row.id} status={row.status} host={host} "
             f"attempt={attempt} http_status={http_status} error={error!r}"
         )
+        if detail is not None:
+            line += f" detail={detail!r}"
         if isinstance(verdict, RetryAt):
             logger.info(
                 "event=webhook_retry_scheduled %s in_s=%.2f", line, verdict.at - self._clock()
@@ -380,6 +459,15 @@ class Sender:
                 "error": error,
             },
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for the log: its type and OS error, not its text (which may hold the URL)."""
+    os_error = (
+        getattr(exc, "os_error", None) if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    )
+    reason = os_error.strerror if isinstance(os_error, OSError) else None
+    return type(exc).__name__ if reason is None else f"{type(exc).__name__}: {reason}"
 
 
 def _final_state(verdict: Delivered | GiveUp) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from dispatchd.errors import StoreError, StoreLocked
 
 APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -77,7 +78,9 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys(expires_at);
--- Status callbacks to clients: a durable outbox, delivered in order per message.
+-- Status callbacks to clients: a durable outbox, delivered in order per message. Only the
+-- oldest pending row of a message has a next_attempt_at; the rows behind it wait with NULL
+-- (outside webhooks_due) until settling it gives the next one its turn.
 CREATE TABLE IF NOT EXISTS webhooks (
     id INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
@@ -87,12 +90,13 @@ CREATE TABLE IF NOT EXISTS webhooks (
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
+    next_attempt_at REAL,
     last_http_status INTEGER,
     last_error TEXT,
     finished_at REAL
 );
-CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks(next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks(next_attempt_at)
+    WHERE state = 'pending' AND next_attempt_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_message ON webhooks(message_id, id);
 -- Triggers, so every status change, whichever statement makes it, queues its callback in the
 -- same transaction: none is lost to a crash between the change and the queueing.
@@ -108,6 +112,7 @@ BEGIN
             'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
         new.updated_at, new.updated_at);
 END;
+-- Behind a pending callback of the same message, the new one waits (NULL: not due).
 CREATE TRIGGER IF NOT EXISTS webhooks_on_status AFTER UPDATE OF status ON messages
 WHEN new.status_callback_url IS NOT NULL AND new.status IS NOT old.status
 BEGIN
@@ -118,17 +123,70 @@ BEGIN
             'error', CASE WHEN new.error_code IS NULL THEN NULL
                 ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
             'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
-        new.updated_at, new.updated_at);
+        new.updated_at,
+        CASE WHEN EXISTS (
+            SELECT 1 FROM webhooks INDEXED BY webhooks_message
+            WHERE message_id = new.id AND state = 'pending')
+        THEN NULL ELSE new.updated_at END);
 END;
 """
 
-# Upgrades from each older schema version, run before SCHEMA (which creates what is missing).
-MIGRATIONS = {
+# Version 3: waiting callbacks get next_attempt_at NULL, so the column loses NOT NULL (a
+# table rebuild in SQLite). The triggers are dropped for SCHEMA to recreate, new style.
+_WEBHOOKS_V3 = """
+CREATE TABLE webhooks_v3 (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL,
+    last_http_status INTEGER,
+    last_error TEXT,
+    finished_at REAL
+)
+"""
+_WEBHOOK_COLUMNS = (
+    "id, message_id, url, status, payload, state, attempts, created_at, next_attempt_at, "
+    "last_http_status, last_error, finished_at"
+)
+# Every pending row but the oldest of its message waits for its turn.
+_WAIT_BEHIND_HEAD = """
+UPDATE webhooks SET next_attempt_at = NULL
+WHERE state = 'pending' AND id NOT IN (
+    SELECT min(id) FROM webhooks WHERE state = 'pending' GROUP BY message_id)
+"""
+
+
+def _waiting_webhooks(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TRIGGER IF EXISTS webhooks_on_insert")
+    conn.execute("DROP TRIGGER IF EXISTS webhooks_on_status")
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'webhooks'"
+    ).fetchone()
+    if not has_table:
+        return  # from version 1: SCHEMA creates it
+    conn.execute(_WEBHOOKS_V3)
+    conn.execute(
+        f"INSERT INTO webhooks_v3 ({_WEBHOOK_COLUMNS}) SELECT {_WEBHOOK_COLUMNS} FROM webhooks"
+    )
+    conn.execute("DROP TABLE webhooks")  # and its indexes, which SCHEMA recreates
+    conn.execute("ALTER TABLE webhooks_v3 RENAME TO webhooks")
+    conn.execute(_WAIT_BEHIND_HEAD)
+
+
+# Upgrades from each older schema version, run before SCHEMA (which creates what is missing):
+# statements, or a function of the connection when an upgrade depends on what is there.
+MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     2: [
         "ALTER TABLE messages ADD COLUMN send_at REAL",
         "ALTER TABLE messages ADD COLUMN validity_period REAL",
         "ALTER TABLE messages ADD COLUMN status_callback_url TEXT",
     ],
+    3: [_waiting_webhooks],
 }
 
 
@@ -166,8 +224,11 @@ def _prepare(conn: sqlite3.Connection) -> None:
     try:
         if tables:
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS.get(target, []):
-                    conn.execute(statement)
+                for step in MIGRATIONS.get(target, []):
+                    if isinstance(step, str):
+                        conn.execute(step)
+                    else:
+                        step(conn)
         # executescript would COMMIT our IMMEDIATE transaction, so run statement by statement.
         for statement in _statements(SCHEMA):
             conn.execute(statement)

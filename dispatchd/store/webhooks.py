@@ -1,30 +1,31 @@
 """The status callback (webhook) outbox, used by dispatchd/webhooks.py.
 
 The triggers in SCHEMA queue a row for every status change of a message that has a
-status_callback_url; these read and settle them.
+status_callback_url; these read and settle them. A message's callbacks go out in order
+because only its oldest pending row has a next_attempt_at: a row queued behind it waits with
+NULL, and settling the oldest for good gives the next one its turn in the same transaction.
+So the due read is a range scan of the webhooks_due partial index, however many rows wait.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dispatchd.errors import StoreUnavailable
 from dispatchd.store.core import Store
 
-# Only the oldest pending row of a message is eligible, so a message's callbacks go out in
-# order: the next waits until the previous is delivered or given up. Rows already being sent
-# (in memory, passed as a JSON array) are left out so none is claimed twice.
+# Waiting rows (next_attempt_at NULL) are not in webhooks_due, so this reads only rows whose
+# turn it is. Rows already being sent (in memory, passed as a JSON array) are left out so
+# none is claimed twice.
 DUE_WEBHOOKS = """
 SELECT w.id, w.message_id, w.url, w.status, w.payload, w.attempts
 FROM webhooks AS w INDEXED BY webhooks_due
 WHERE w.state = 'pending' AND w.next_attempt_at <= :now
     AND w.id NOT IN (SELECT value FROM json_each(:in_flight))
-    AND NOT EXISTS (
-        SELECT 1 FROM webhooks AS e INDEXED BY webhooks_message
-        WHERE e.message_id = w.message_id AND e.id < w.id AND e.state = 'pending')
 ORDER BY w.next_attempt_at, w.id
 LIMIT :limit
 """
@@ -34,6 +35,16 @@ UPDATE webhooks SET state = :state, attempts = attempts + 1,
     next_attempt_at = coalesce(:next_attempt_at, next_attempt_at),
     last_http_status = :http_status, last_error = :error, finished_at = :finished_at
 WHERE id = :id AND state = 'pending'
+"""
+# After a row is settled for good: the next pending row of its message is due now.
+PROMOTE_NEXT_WEBHOOK = """
+UPDATE webhooks SET next_attempt_at = :now
+WHERE id = (
+    SELECT n.id FROM webhooks AS n INDEXED BY webhooks_message
+    WHERE n.message_id = (SELECT message_id FROM webhooks WHERE id = :id)
+        AND n.state = 'pending'
+    ORDER BY n.id LIMIT 1)
+    AND next_attempt_at IS NULL
 """
 # Rows waiting on a backoff are the only pending ones due after now (new ones are due at once).
 NEXT_WEBHOOK_RETRY = (
@@ -85,7 +96,10 @@ async def settle_webhook(
     error: str | None,
     finished_at: float | None,
 ) -> bool:
-    """Record one try's outcome: still `pending` (retry at `next_attempt_at`) or final."""
+    """Record one try's outcome: still `pending` (retry at `next_attempt_at`) or final.
+
+    A final outcome makes the message's next callback due at `finished_at`.
+    """
     params = {
         "id": webhook_id,
         "state": state,
@@ -96,6 +110,11 @@ async def settle_webhook(
     }
 
     def op(conn: sqlite3.Connection) -> bool:
-        return bool(conn.execute(SETTLE_WEBHOOK, params).rowcount)
+        settled = bool(conn.execute(SETTLE_WEBHOOK, params).rowcount)
+        if settled and state != "pending":
+            # Never left NULL: the message's later callbacks would wait forever.
+            now = time.time() if finished_at is None else finished_at
+            conn.execute(PROMOTE_NEXT_WEBHOOK, {"id": webhook_id, "now": now})
+        return settled
 
     return await store._write(op)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import logging
 import os
 import re
 import subprocess
@@ -90,6 +93,28 @@ async def test_every_protected_route_answers_401_without_a_key(
         assert status == 401, f"{where} answered {status} to a wrong key"
         assert "not one dispatchd accepts" in body["detail"], where
         assert headers["WWW-Authenticate"] == 'Bearer realm="dispatchd", error="invalid_token"'
+
+
+async def test_a_key_of_undecodable_bytes_is_401_not_a_crash(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`Authorization: Bearer \\xff\\xfe` (not UTF-8, so lone surrogates once decoded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    try:
+        writer.write(
+            b"GET /messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), raw[:300]
+    assert b"content-type: application/problem+json" in head.lower()
+    assert b'error="invalid_token"' in head
+    assert json.loads(body)["code"] == "unauthorized"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 async def test_the_document_marks_exactly_the_protected_routes(daemon: Daemon) -> None:

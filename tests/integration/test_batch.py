@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dispatchd import batches as dispatchd_batches
 from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
@@ -156,6 +157,54 @@ async def test_a_thousand_messages_fit_and_one_more_does_not(
     status, body = await post_batch(http, daemon, {"messages": [item] * 1001})
     assert status == 422 and field_codes(body) == {("messages", "too_many")}, body
     assert stored(daemon) == 1000
+
+
+@pytest.mark.parametrize("key", [None, "render-once"], ids=["plain", "idempotency-key"])
+async def test_a_batch_answer_is_one_json_document_whichever_way_it_is_rendered(
+    daemon: Daemon, http: aiohttp.ClientSession, key: str | None
+) -> None:
+    """Without a key the answer is rendered in chunks after the write; with one, whole,
+    before it: the same text either way (what json.dumps of the whole would give)."""
+    items = [{"to_number": f"+1703457{i:04d}", "message": f"caf\u00e9 {i}"} for i in range(250)]
+    items[7] = {"to_number": "12", "message": "bad"}
+    headers = {"Idempotency-Key": key} if key else {}
+    async with http.post(
+        f"http://127.0.0.1:{daemon.port}/messages/batch",
+        json={"messages": items},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    body = json.loads(text)
+    assert text == json.dumps(body)
+    assert (body["accepted"], body["rejected"]) == (249, 1)
+    assert [r["index"] for r in body["results"]] == list(range(250))
+    assert body["results"][7]["status"] == 422
+    assert body["results"][8]["message"]["message"] == "caf\u00e9 8"
+
+
+async def test_a_number_suppressed_while_a_batch_is_validated_refuses_its_items_only(
+    daemon: Daemon, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation yields to the event loop between chunks, so a number may be suppressed
+    half way through: its items are refused, not the whole batch."""
+    assert daemon.service is not None
+    service = daemon.service
+    check_item = dispatchd_batches._check_item
+
+    def suppress_during(svc: Any, index: int, item: Any) -> Any:
+        if index == 1:
+            service._suppressed.add(NUMBER)
+        return check_item(svc, index, item)
+
+    monkeypatch.setattr(dispatchd_batches, "CHUNK", 1)
+    monkeypatch.setattr(dispatchd_batches, "_check_item", suppress_during)
+    items = [{"to_number": n, "message": "x"} for n in (NUMBER, OTHER, NUMBER, OTHER)]
+    status, body = await post_batch(http, daemon, {"messages": items})
+    assert status == 200, body
+    assert [r["status"] for r in body["results"]] == [422, 202, 422, 202]
+    assert body["results"][0]["problem"]["code"] == "number_suppressed"
+    assert stored(daemon) == 2
 
 
 @pytest.mark.parametrize(

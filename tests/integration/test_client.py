@@ -132,6 +132,47 @@ async def test_an_error_that_is_not_a_problem_is_an_api_error_too() -> None:
     assert "502 Bad Gateway" in err.detail
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("3", 3.0), (" 12 ", 12.0), ("\u00b2", None), ("\u0661\u0662", None), ("soon", None)],
+    ids=["digits", "padded", "superscript", "arabic-indic", "word"],
+)
+async def test_retry_after_takes_ascii_digits_only(header: str, expected: float | None) -> None:
+    """`str.isdigit()` is true for "²" and other scripts' digits, which float() refuses."""
+
+    async def busy(request: web.Request) -> web.Response:
+        problem = {"status": 503, "code": "storage_unavailable", "title": "t", "detail": "d"}
+        return web.json_response(problem, status=503, headers={"Retry-After": header})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", busy)
+    async with TestServer(app) as server, Client(str(server.make_url(""))) as client:
+        with pytest.raises(ApiError) as caught:
+            await client.get(UNKNOWN)
+    assert (caught.value.code, caught.value.retry_after) == ("storage_unavailable", expected)
+
+
+async def test_message_ids_are_quoted_into_one_path_segment() -> None:
+    """An id holding "/", "?" or "#" reaches the server as the one id it is."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.match_info["id"])
+        return web.json_response({"status": 404, "code": "message_not_found"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/messages/{id}", record)
+    app.router.add_get("/messages/{id}/events", record)
+    odd = "a/b?c#d %"
+    async with TestServer(app) as server, Client(str(server.make_url(""))) as client:
+        for call in (client.get(odd), client.wait_for_final(odd, timeout=1)):
+            with pytest.raises(ApiError):
+                await call
+        with pytest.raises(ApiError):
+            [e async for e in client.events(odd)]
+    assert seen == [odd, odd, odd]
+
+
 async def test_wait_for_final_gives_up_after_its_timeout(client: Client, daemon: Daemon) -> None:
     hold(daemon)
     msg = await client.send(NUMBER, "held")

@@ -271,6 +271,12 @@ async def test_message_lookup_by_id_and_number(
     assert (status, problem["code"]) == (404, "message_not_found")
     status, problem = await control.call("GET", "/v1/messages?to_number=12")
     assert (status, problem["code"]) == (422, "validation_failed")
+    # Digits int() refuses ("²") or that are not ASCII are a bad limit, not a 500.
+    for limit in ("%C2%B2", "%D9%A3", "0", "9" * 40):
+        status, problem = await control.call(
+            "GET", f"/v1/messages?to_number=%2B17034573322&limit={limit}"
+        )
+        assert (status, problem["code"]) == (422, "validation_failed"), limit
 
 
 # -- commands -----------------------------------------------------------------------------

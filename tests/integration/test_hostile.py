@@ -374,6 +374,59 @@ async def test_unparseable_json_is_400(
     assert fragment in problem["detail"]
 
 
+def _nested(depth: int, path: str) -> bytes:
+    """A valid send (or one-item batch) whose JSON nests `depth` levels in all."""
+    inner = depth - (1 if path == "/messages" else 3)
+    send = f'{{"to_number": "{NUMBER}", "message": "hi", "x": {"[" * inner}{"]" * inner}}}'
+    return (send if path == "/messages" else f'{{"messages": [{send}]}}').encode()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "idempotency-key"])
+@pytest.mark.parametrize("path", ["/messages", "/messages/batch"])
+@pytest.mark.parametrize("depth", [40, 975])
+async def test_deep_nesting_is_400_with_or_without_an_idempotency_key(
+    daemon: Daemon, http: aiohttp.ClientSession, depth: int, path: str, keyed: bool
+) -> None:
+    """Below Python's recursion limit for parsing, but past the nesting cap: 400, never 500
+    (the idempotency hash re-encodes the fields one level deeper than they arrived)."""
+    headers = {"Content-Type": "application/json"}
+    if keyed:
+        headers["Idempotency-Key"] = f"deep-{depth}-{path}"
+    status, problem, ctype = await call(
+        http, "POST", base_url(daemon) + path, data=_nested(depth, path), headers=headers
+    )
+    assert (status, ctype, problem["code"]) == (400, PROBLEM, "malformed_request"), problem
+    assert "nested too deeply" in problem["detail"]
+
+
+@pytest.mark.parametrize("path", ["/messages", "/messages/batch"])
+async def test_no_depth_near_the_recursion_limit_is_a_500(
+    daemon: Daemon, http: aiohttp.ClientSession, path: str
+) -> None:
+    """Where parsing just fits under the recursion limit depends on the stack at the time,
+    so sweep past it: every depth is a 400, the idempotency hash included."""
+    for depth in range(880, 1010):
+        headers = {"Content-Type": "application/json", "Idempotency-Key": f"sweep-{depth}"}
+        status, problem, _ = await call(
+            http, "POST", base_url(daemon) + path, data=_nested(depth, path), headers=headers
+        )
+        assert (status, problem["code"]) == (400, "malformed_request"), (depth, problem)
+
+
+@pytest.mark.parametrize("path", ["/messages", "/messages/batch"])
+async def test_nesting_up_to_the_cap_is_parsed(
+    daemon: Daemon, http: aiohttp.ClientSession, path: str
+) -> None:
+    status, body, _ = await call(
+        http,
+        "POST",
+        base_url(daemon) + path,
+        data=_nested(dispatchd_bodies.MAX_NESTING, path),
+        headers={"Content-Type": "application/json", "Idempotency-Key": f"cap-{path}"},
+    )
+    assert status in (200, 202), body
+
+
 async def test_nesting_past_the_size_cap_is_413(
     daemon: Daemon, http: aiohttp.ClientSession
 ) -> None:

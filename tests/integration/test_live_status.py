@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -287,6 +288,28 @@ async def test_shutdown_ends_open_streams_and_long_polls_promptly(
     async with await poll as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "queued"
+
+
+async def test_clients_that_hang_up_leave_no_watchers_behind(
+    daemon: Daemon, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 long polls (wait=60) and 50 event streams, dropped once all are waiting: every
+    handler ends at once, not after its wait or at its next heartbeat (15 s)."""
+    hold(daemon)
+    msg_id = await send(http)
+    sockets = []
+    for path in [f"/messages/{msg_id}?wait=60"] * 50 + [f"/messages/{msg_id}/events"] * 50:
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        sockets.append(writer)
+    await wait_for(lambda: daemon.watchers.count == 100, what="100 watchers")
+    for writer in sockets:
+        writer.close()
+    await wait_for(lambda: daemon.watchers.count == 0, within=5, what="the watchers to end")
+    # The daemon is none the worse: a poll still answers, and nothing was logged as an error.
+    async with http.get(f"/messages/{msg_id}", params={"wait": "0"}) as resp:
+        assert resp.status == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 async def test_a_thousand_watchers_all_see_their_message_delivered(

@@ -270,7 +270,8 @@ async def test_callback_url_is_stored_and_the_default_applies(
     start_daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
     default = "http://127.0.0.1:9/default"
-    d = await start_daemon(simulator=NO_REPORTS, webhooks={"secret": "s3", "default_url": default})
+    webhooks = {"secret": "s3", "default_url": default, "allow_private_addresses": True}
+    d = await start_daemon(simulator=NO_REPORTS, webhooks=webhooks)
     own = await accepted(http, d, status_callback_url=HOOK)
     assert own["status_callback_url"] == HOOK
     assert (await fetch(http, d, own["id"]))["status_callback_url"] == HOOK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,113 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
     conn.close()
+
+
+# Version 2's callback outbox: every pending row had a due time, waiting ones included.
+V2_WEBHOOKS = """
+CREATE TABLE webhooks (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_http_status INTEGER,
+    last_error TEXT,
+    finished_at REAL
+);
+CREATE INDEX webhooks_due ON webhooks(next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhooks_message ON webhooks(message_id, id);
+CREATE TRIGGER webhooks_on_insert AFTER INSERT ON messages
+WHEN new.status_callback_url IS NOT NULL
+BEGIN
+    INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
+    VALUES (new.id, new.status_callback_url, new.status, '{}', new.updated_at, new.updated_at);
+END;
+CREATE TRIGGER webhooks_on_status AFTER UPDATE OF status ON messages
+WHEN new.status_callback_url IS NOT NULL AND new.status IS NOT old.status
+BEGIN
+    INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
+    VALUES (new.id, new.status_callback_url, new.status, '{}', new.updated_at, new.updated_at);
+END;
+"""
+
+
+async def test_a_version_2_database_gets_waiting_callbacks_out_of_the_due_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    ids = IdGenerator()
+    store = await Store.open(path)
+    msg = replace(_message(ids), status_callback_url="http://hooks.example/s")
+    await store.insert(msg)
+    await store.close()
+    conn = sqlite3.connect(path)
+    for trigger in ("webhooks_on_insert", "webhooks_on_status"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP TABLE webhooks")
+    conn.executescript(V2_WEBHOOKS)
+    rows = [
+        # (id, message, status, state, attempts, next_attempt_at)
+        (1, msg.id, "queued", "pending", 1, NOW),  # its head, retried once
+        (2, msg.id, "sending", "pending", 0, NOW + 1),  # waiting behind it
+        (3, msg.id, "sent", "pending", 0, NOW + 2),
+        (4, "m-b", "queued", "delivered", 1, NOW),
+        (5, "m-b", "sending", "pending", 0, NOW + 1),  # its turn: the queued one is done
+        (6, "m-b", "sent", "pending", 0, NOW + 2),
+        (7, "m-c", "queued", "pending", 2, NOW + 50),  # on a backoff
+    ]
+    conn.executemany(
+        "INSERT INTO webhooks (id, message_id, url, status, payload, state, attempts, "
+        "created_at, next_attempt_at) VALUES (?, ?, 'http://hooks.example/s', ?, '{}', ?, ?, "
+        "?, ?)",
+        [(i, m, status, state, tries, NOW, due) for i, m, status, state, tries, due in rows],
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+    store = await Store.open(path)
+    try:
+        due = await store_mod.due_webhooks(store, NOW + 100, 10, [])
+        assert [(w.id, w.status, w.attempts) for w in due] == [
+            (1, "queued", 1),
+            (5, "sending", 0),
+            (7, "queued", 2),
+        ]
+        # The recreated trigger queues a change behind the message's pending callbacks.
+        assert [c.id for c in await store.claim(NOW, limit=1, lease=30)] == [msg.id]
+        got = await store.get(msg.id)
+        assert got is not None and [c.status for c in got.callbacks][-1] == Status.SENDING
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 3
+        due_at = dict(conn.execute("SELECT id, next_attempt_at FROM webhooks").fetchall())
+        assert due_at == {
+            1: NOW,
+            2: None,
+            3: None,
+            4: NOW,
+            5: NOW + 1,
+            6: None,
+            7: NOW + 50,
+            8: None,  # queued by the status change after the upgrade
+        }
+        columns = {r[1]: r[3] for r in conn.execute("PRAGMA table_info(webhooks)")}
+        assert columns["next_attempt_at"] == 0  # NOT NULL is gone
+        index_sql = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'webhooks_due'"
+        ).fetchone()[0]
+        assert "next_attempt_at IS NOT NULL" in index_sql
+        triggers = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        assert triggers == {"webhooks_on_insert", "webhooks_on_status"}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()

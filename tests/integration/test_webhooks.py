@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
+import sqlite3
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from dispatchd.models import Message, Status
 from dispatchd.openapi import openapi_document
 from dispatchd.retry import RetryPolicy
 from dispatchd.store import Store
+from dispatchd.store.webhooks import PROMOTE_NEXT_WEBHOOK
 from dispatchd.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, Sender, SenderSettings, verify
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.integration.test_openapi import ApiChecker
@@ -30,8 +34,14 @@ SECRET = "test-webhook-secret"
 NUMBER = "+17034573322"
 FULL_RUN = ["queued", "sending", "sent", "delivered"]
 # Tiny timings so retries happen within the test; a report 0.2 s after the provider's 200
-# keeps `sent` strictly before `delivered`.
-FAST = {"secret": SECRET, "backoff_initial": 0.02, "backoff_max": 0.05, "timeout": 2.0}
+# keeps `sent` strictly before `delivered`. The receivers listen on 127.0.0.1.
+FAST = {
+    "secret": SECRET,
+    "backoff_initial": 0.02,
+    "backoff_max": 0.05,
+    "timeout": 2.0,
+    "allow_private_addresses": True,
+}
 SIMULATOR = {"callback_delay": 0.2}
 
 Json = dict[str, Any]
@@ -392,7 +402,7 @@ async def test_backoff_follows_the_injected_clock_then_gives_up(
         sender = Sender(
             store,
             session,
-            SenderSettings(SECRET, timeout=2.0, concurrency=4, policy=policy),
+            SenderSettings(SECRET, 2.0, 4, policy, allow_private_addresses=True),
             clock=lambda: clock[0],
             rng=random.Random(1),
         )
@@ -422,7 +432,8 @@ async def test_without_a_secret_nothing_is_sent_unsigned(receiver: Receiver, sto
     await store.insert(_message("m-2", receiver.url))
     policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
     async with aiohttp.ClientSession() as session:
-        sender = Sender(store, session, SenderSettings("", 2.0, 4, policy), clock=lambda: NOW)
+        settings = SenderSettings("", 2.0, 4, policy, allow_private_addresses=True)
+        sender = Sender(store, session, settings, clock=lambda: NOW)
         await sender.drain()
     assert receiver.calls == []
     (row,) = (await store.get("m-2") or _message("", "")).callbacks
@@ -430,14 +441,275 @@ async def test_without_a_secret_nothing_is_sent_unsigned(receiver: Receiver, sto
     assert "secret" in (row.last_error or "")
 
 
-# The due-callback read runs on every status change: it must use the partial index.
+# The due-callback read runs on every status change, on the reader every request shares: a
+# range of the partial index, with no per-row subquery, however many callbacks wait.
 async def test_the_due_callbacks_query_uses_the_indexes(store: Store) -> None:
     plan = await store.explain(
         store_mod.DUE_WEBHOOKS, {"now": NOW, "limit": 10, "in_flight": "[1, 2]"}
     )
     print(plan)
-    assert any("webhooks_due" in step for step in plan), plan
-    assert any("webhooks_message" in step for step in plan), plan
+    assert plan[0].startswith("SEARCH w USING INDEX webhooks_due (next_attempt_at<?)"), plan
+    assert not any("CORRELATED" in step or "webhooks_message" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan  # the index gives the order
     assert not any(step.startswith("SCAN w ") or step == "SCAN w" for step in plan), plan
     per_message = await store.explain(store_mod.SELECT_CALLBACKS, ("m-1",))
     assert any("webhooks_message" in step for step in per_message), per_message
+    promote = await store.explain(PROMOTE_NEXT_WEBHOOK, {"id": 1, "now": NOW})
+    assert any("webhooks_message" in step for step in promote), promote
+    assert not any(step.startswith("SCAN") for step in promote), promote
+    retry = await store.explain(store_mod.NEXT_WEBHOOK_RETRY, (NOW,))
+    assert any("webhooks_due" in step for step in retry), retry
+
+
+async def _change_status(store: Store, msg_ids: list[str], *statuses: str) -> None:
+    """Move the messages through `statuses` (each change queues a callback per message)."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        marks = ",".join("?" * len(msg_ids))
+        for status in statuses:
+            conn.execute(
+                f"UPDATE messages SET status = ?, updated_at = updated_at + 1 "
+                f"WHERE id IN ({marks})",
+                (status, *msg_ids),
+            )
+
+    await store._write(op)
+
+
+def _vm_steps(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
+    """The rows of `sql` and how many SQLite VM instructions reading them took."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(tick, 1)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.set_progress_handler(None, 1)
+    return rows, steps
+
+
+async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: Store) -> None:
+    # A receiver that is down: every message's first callback waits on a backoff and its
+    # next three are queued behind it.
+    ids = [f"m-{i:05d}" for i in range(3000)]
+    await store.insert_many([_message(i, "http://hooks.example/status") for i in ids])
+    await _change_status(store, ids, "sending", "sent", "delivered")
+
+    def backoff(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE webhooks SET attempts = 1, next_attempt_at = ? "
+            "WHERE next_attempt_at IS NOT NULL",
+            (NOW + 600,),
+        )
+
+    await store._write(backoff)
+    conn = sqlite3.connect(store.path)
+    try:
+        waiting = "SELECT count(*) FROM webhooks WHERE state = 'pending' AND {}"
+        assert conn.execute(waiting.format("next_attempt_at IS NULL")).fetchone()[0] == 9000
+        assert conn.execute(waiting.format("next_attempt_at = ?"), (NOW + 600,)).fetchone()[0] == (
+            3000
+        )
+        params: dict[str, Any] = {"now": NOW, "limit": 16, "in_flight": "[]"}
+        rows, idle_steps = _vm_steps(conn, store_mod.DUE_WEBHOOKS, params)
+        assert rows == []
+        # Ten receivers come back: their first callbacks are due, the rest still wait.
+        conn.execute(
+            "UPDATE webhooks SET next_attempt_at = ? WHERE next_attempt_at IS NOT NULL "
+            "AND message_id IN (SELECT id FROM messages ORDER BY id LIMIT 10)",
+            (NOW - 1,),
+        )
+        conn.commit()
+        rows, due_steps = _vm_steps(conn, store_mod.DUE_WEBHOOKS, params)
+        print(f"VM steps with 12,000 callbacks stored: {idle_steps} idle, {due_steps} for 10 due")
+        assert [(r[1], r[3]) for r in rows] == [(i, "queued") for i in ids[:10]]
+        # Proportional to what is due, not to the 9,000 waiting rows (the per-row NOT EXISTS
+        # this replaces took over 100,000 steps here).
+        assert idle_steps < 100
+        assert due_steps < 1000
+    finally:
+        conn.close()
+    due = await store_mod.due_webhooks(store, NOW, 16, [])
+    assert [(w.message_id, w.status, w.attempts) for w in due] == [
+        (i, "queued", 1) for i in ids[:10]
+    ]
+
+
+async def test_order_per_message_holds_through_retries_and_give_ups(
+    receiver: Receiver, store: Store
+) -> None:
+    ids = ["m-a", "m-b", "m-c", "m-d"]
+    for msg_id in ids:
+        await store.insert(_message(msg_id, receiver.url))
+    await _change_status(store, ids, "sending", "sent", "delivered")
+    tries: Counter[tuple[str, str]] = Counter()
+
+    def answer(call: Call) -> int:
+        key = (call.json["id"], call.json["status"])
+        tries[key] += 1
+        if key == ("m-a", "queued"):
+            return 500  # retried, then given up after max_attempts
+        if key == ("m-b", "sending"):
+            return 400  # given up at once
+        if call.json["id"] == "m-c":
+            return 503 if tries[key] == 1 else 200  # every callback needs a retry
+        return 200
+
+    receiver.answer = answer
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
+    settings = SenderSettings(SECRET, 2.0, 8, policy, allow_private_addresses=True)
+    async with aiohttp.ClientSession() as session:
+        sender = Sender(store, session, settings, clock=lambda: NOW, rng=random.Random(1))
+        await sender.drain()
+
+    by_message = {i: receiver.statuses(_for(receiver, i)) for i in ids}
+    assert by_message == {
+        "m-a": ["queued"] * 3 + ["sending", "sent", "delivered"],
+        "m-b": FULL_RUN,
+        "m-c": [status for status in FULL_RUN for _ in (1, 2)],
+        "m-d": FULL_RUN,
+    }
+    rows = {i: (await store.get(i) or _message("", "")).callbacks for i in ids}
+    assert [c.state for c in rows["m-a"]] == ["failed", "delivered", "delivered", "delivered"]
+    assert [c.state for c in rows["m-b"]] == ["delivered", "failed", "delivered", "delivered"]
+    assert [c.attempts for c in rows["m-c"]] == [2, 2, 2, 2]
+    assert all(c.finished_at == NOW for cs in rows.values() for c in cs)
+
+
+async def test_a_new_callback_waits_behind_a_pending_one(receiver: Receiver, store: Store) -> None:
+    await store.insert(_message("m-w", receiver.url))
+    await _change_status(store, ["m-w"], "sending", "sent")
+    conn = sqlite3.connect(store.path)
+    try:
+        due_at = "SELECT status, next_attempt_at FROM webhooks WHERE message_id = ? ORDER BY id"
+        assert conn.execute(due_at, ("m-w",)).fetchall() == [
+            ("queued", NOW),
+            ("sending", None),
+            ("sent", None),
+        ]
+        policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
+        settings = SenderSettings(SECRET, 2.0, 8, policy, allow_private_addresses=True)
+        async with aiohttp.ClientSession() as session:
+            sender = Sender(store, session, settings, clock=lambda: NOW + 5)
+            [first] = await store_mod.due_webhooks(store, NOW + 5, 8, [])
+            await sender.send(first)
+        # Settling the first gives the next its turn, in the same transaction.
+        assert conn.execute(due_at, ("m-w",)).fetchall() == [
+            ("queued", NOW),
+            ("sending", NOW + 5),
+            ("sent", None),
+        ]
+    finally:
+        conn.close()
+
+
+# Stopping while the run loop reads due rows: the rows it read are not started (they would
+# run on a session the daemon is closing), and stop() returns only once the loop has ended.
+async def test_stop_during_a_read_starts_no_sends(receiver: Receiver, store: Store) -> None:
+    await store.insert(_message("m-s", receiver.url))
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
+    settings = SenderSettings(SECRET, 2.0, 4, policy, allow_private_addresses=True)
+    async with aiohttp.ClientSession() as session:
+        sender = Sender(store, session, settings, clock=lambda: NOW)
+        read_due = sender._due
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_due(now: float, limit: int) -> list[store_mod.DueWebhook]:
+            reading.set()
+            await release.wait()
+            return await read_due(now, limit)
+
+        sender._due = slow_due  # type: ignore[method-assign]
+        run = asyncio.create_task(sender.run())
+        await reading.wait()
+        stop = asyncio.create_task(sender.stop(grace=1.0))
+        for _ in range(5):
+            await asyncio.sleep(0)  # let stop() run as far as it can
+        assert not stop.done(), "stop() returned while the loop was still reading"
+        release.set()
+        assert await stop == 0
+        assert run.done()
+        await run
+        assert sender.in_flight == 0
+    assert receiver.calls == []
+    (row,) = (await store.get("m-s") or _message("", "")).callbacks
+    assert (row.state, row.attempts) == ("pending", 0)  # sent after the next start
+
+
+# -- private destinations (allow_private_addresses off, the default) ------------------------
+
+PRIVATE_URLS = [
+    "http://127.0.0.1:9000/hook",
+    "http://[::1]/hook",
+    "http://10.0.0.5:6379/",
+    "http://192.168.1.1/x",
+    "http://169.254.169.254/latest/meta-data",
+    "http://[fd00::1]/x",
+    "http://[::ffff:172.16.0.1]/x",
+    "http://0.0.0.0:8080/",
+]
+
+
+async def test_a_private_ip_in_the_url_is_refused_with_422(
+    start_daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    d = await start_daemon(webhooks={"secret": SECRET})
+    for url in PRIVATE_URLS:
+        body = {"to_number": NUMBER, "message": "hi", "status_callback_url": url}
+        async with http.post(f"http://127.0.0.1:{d.port}/messages", json=body) as resp:
+            assert resp.status == 422, url
+            [error] = (await resp.json())["errors"]
+        assert (error["field"], error["code"]) == ("status_callback_url", "private_address")
+        assert "private or local address" in error["message"]
+        assert "only to public addresses" in error["message"]
+
+
+async def test_a_host_name_resolving_to_a_private_address_is_refused_when_sending(
+    receiver: Receiver,
+    start_daemon: DaemonFactory,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dispatchd.webhooks")
+    d = await start_daemon(webhooks={**FAST, "allow_private_addresses": False})
+    hook = receiver.url.replace("127.0.0.1", "localhost")  # accepted: not an IP literal
+    msg = await send(http, d.port, hook)
+
+    async def all_refused() -> list[Json]:
+        callbacks: list[Json] = (await get(http, d.port, msg["id"]))["status_callbacks"]
+        done = len(callbacks) == 4 and all(c["state"] == "failed" for c in callbacks)
+        return callbacks if done else []
+
+    await wait_for(all_refused, what="every callback to be refused")
+    for c in await all_refused():
+        assert (c["attempts"], c["last_http_status"]) == (1, None)
+        assert c["last_error"] == "refused: private address"  # given up at once, not retried
+    assert receiver.calls == []
+    assert "localhost resolves only to private addresses" in caplog.text
+
+
+async def test_connection_errors_show_the_client_no_details(
+    start_daemon: DaemonFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dispatchd.webhooks")
+    d = await start_daemon(webhooks={**FAST, "max_attempts": 1}, simulator=SIMULATOR)
+    closed = free_port()  # nothing listens there
+    msg = await send(http, d.port, f"http://127.0.0.1:{closed}/hook?token=s3cr3t")
+
+    async def first_failed() -> Json | None:
+        callbacks = (await get(http, d.port, msg["id"]))["status_callbacks"]
+        return callbacks[0] if callbacks and callbacks[0]["state"] == "failed" else None
+
+    await wait_for(first_failed, what="the first callback to be given up")
+    first = await first_failed()
+    assert first is not None
+    assert first["last_error"] == "connection failed; given up after 1 tries"
+    # The operator's log keeps the cause (never the URL's path or query).
+    failed = [r.getMessage() for r in caplog.records if "event=webhook_failed" in r.getMessage()]
+    assert failed and all("detail=" in m and "ClientConnectorError" in m for m in failed), failed
+    assert "s3cr3t" not in caplog.text

@@ -11,6 +11,7 @@ import pytest
 from dispatchd import config as config_mod
 from dispatchd.auth import (
     KeyRing,
+    Verdict,
     check_exposure,
     is_loopback,
     key_file_entries,
@@ -45,6 +46,17 @@ def test_check_tells_missing_from_wrong_and_names_the_key() -> None:
     ok, other = ring.check(f"bearer {KEY}"), ring.check("Bearer other-key")
     assert ok.scope and other.scope and ok.scope != other.scope
     assert ring.check(f"Bearer {KEY.upper()}").scope is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["\udcff\udcfe", "cl\u00e9", "k\x00ey", "tab\there"],
+    ids=["undecodable-bytes", "non-ascii", "nul", "control"],
+)
+def test_a_token_that_is_not_printable_ascii_is_wrong_not_an_error(token: str) -> None:
+    # aiohttp decodes header bytes with surrogateescape: b"\xff\xfe" arrives as surrogates.
+    ring = KeyRing([parse_key(KEY, "x")])
+    assert ring.check(f"Bearer {token}") == Verdict(None, "wrong")
 
 
 def test_without_keys_everyone_is_let_in_with_one_scope() -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +61,42 @@ def test_a_wrong_or_stale_signature_is_refused(
 )
 def test_malformed_headers_are_refused(header: str) -> None:
     assert not verify(SECRET, BODY, header, now=T)
+
+
+# str.isdigit() is true for all of these. int() refuses superscripts (a ValueError, once) and
+# reads other scripts' digits; only ASCII digits are a timestamp.
+UNICODE_DIGITS = [
+    "\u00b2",  # superscript two
+    "18000000\u00b9\u00b2",
+    "\u0661\u0668" + "\u0660" * 8,  # 1800000000 in Arabic-Indic digits
+]
+
+
+@pytest.mark.parametrize("t", UNICODE_DIGITS)
+def test_a_timestamp_in_unicode_digits_is_refused_not_a_crash(t: str) -> None:
+    mac = sign(SECRET, BODY, T).split("v1=")[1]
+    assert t.isdigit() and not t.isascii()
+    assert not verify(SECRET, BODY, f"t={t},v1={mac}", now=T)
+
+
+def _readme_verifier() -> Callable[[bytes, str], bool]:
+    """The `verified()` function of the README's example receiver, with our secret."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    match = re.search(r"^def verified\(.*?(?=^\S)", readme, re.MULTILINE | re.DOTALL)
+    assert match, "the README has no verified() example"
+    namespace: dict[str, Any] = {"SECRET": SECRET.encode()}
+    exec("import hashlib, hmac, time\n" + match.group(0), namespace)
+    verified: Callable[[bytes, str], bool] = namespace["verified"]
+    return verified
+
+
+@pytest.mark.parametrize("t", UNICODE_DIGITS)
+def test_the_readme_receiver_refuses_unicode_digits_too(t: str) -> None:
+    verified = _readme_verifier()
+    fresh = sign(SECRET, BODY, int(time.time()))
+    assert verified(BODY, fresh)
+    mac = fresh.split("v1=")[1]
+    assert not verified(BODY, f"t={t},v1={mac}")
 
 
 def test_a_timestamp_is_bound_to_its_signature() -> None:
