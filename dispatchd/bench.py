@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -28,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd import store as store_mod
-from dispatchd.client import ApiError, Client
+from dispatchd.client import ApiError, Client, SendItem
 from dispatchd.health import percentile as nearest_rank
 
 # The same body for every phase, so the ceiling parses exactly what the daemon parses.
@@ -320,7 +321,7 @@ class BenchOptions:
     delivery_concurrency: int
     # Live-status watchers during a second end-to-end phase (0: no such phase).
     watchers: int = 0
-    watch_with: Literal["events", "poll"] = "events"
+    watch_with: Literal["events", "poll", "idle"] = "events"
 
 
 async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> LoadResult:
@@ -404,11 +405,13 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
 async def _phase_e2e(
     base: str, db: Path, opts: BenchOptions, out: TextIO, daemon: Process, watchers: int = 0
 ) -> dict[str, Any]:
-    before = store_mod.count_messages(db)
-    cpu_before = daemon.cpu_seconds()
-    started = time.time()
-    label = f"end to end, {watchers} watchers" if watchers else "end to end"
+    idle = "idle " if opts.watch_with == "idle" else ""
+    label = f"end to end, {watchers} {idle}watchers" if watchers else "end to end"
     async with _watching(base, watchers, opts.watch_with) as watch:
+        # Counted from here: idle watchers' own scheduled messages are not part of the load.
+        before = store_mod.count_messages(db)
+        cpu_before = daemon.cpu_seconds()
+        started = time.time()
         load = await _accept(
             base, opts, label, out, duration=opts.e2e_duration, accepted=watch.queue
         )
@@ -417,7 +420,12 @@ async def _phase_e2e(
     delivered, latencies = store_mod.delivery_latencies(db, since=started)
     seconds = finished - started
     extra = (
-        {"watchers": watchers, "watched": watch.watched, "watch_errors": watch.errors}
+        {
+            "watchers": watchers,
+            "watch_with": opts.watch_with,
+            "watched": watch.watched,
+            "watch_errors": watch.errors,
+        }
         if watchers
         else {}
     )
@@ -448,9 +456,15 @@ class Watching:
 @contextlib.asynccontextmanager
 async def _watching(base: str, count: int, mode: str) -> AsyncIterator[Watching]:
     """`count` watchers, each following one fresh message to its final status at a time,
-    through `dispatchd.client` (SSE or long polling) on their own connections."""
+    through `dispatchd.client` (SSE or long polling) on their own connections; or, `idle`,
+    each holding an event stream open on a message scheduled for later, which shows what
+    open watches cost while nothing they watch changes."""
     if not count:
         yield Watching(None)
+        return
+    if mode == "idle":
+        async with _idle_watchers_process(base, count) as watch:
+            yield watch
         return
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=count)
     watch = Watching(queue)
@@ -476,6 +490,103 @@ async def _watching(base: str, count: int, mode: str) -> AsyncIterator[Watching]
         tasks = [asyncio.create_task(watcher(client), name="bench-watcher") for _ in range(count)]
         try:
             yield watch
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# Idle watchers run in a process of their own, as real clients would: sharing the load
+# generator's process would slow the load and so change the daemon's batching.
+_IDLE_CHILD = (
+    "import asyncio, sys; from dispatchd.bench import hold_idle_watchers; "
+    "asyncio.run(hold_idle_watchers(sys.argv[1], int(sys.argv[2])))"
+)
+
+
+@contextlib.asynccontextmanager
+async def _idle_watchers_process(base: str, count: int) -> AsyncIterator[Watching]:
+    """`_idle_watching` in a child process; its counts are read back when the phase ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _IDLE_CHILD,
+        base,
+        str(count),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    watch = Watching(None)
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), IDLE_OPEN_WITHIN + 60)  # all open
+        yield watch
+    finally:
+        proc.stdin.close()
+        try:
+            out = await asyncio.wait_for(proc.stdout.read(), 60)
+            counts = json.loads(out.decode().strip().splitlines()[-1])
+            watch.watched, watch.errors = counts["watched"], counts["errors"]
+        except (TimeoutError, ValueError, IndexError, KeyError):
+            watch.errors = count
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def hold_idle_watchers(base: str, count: int) -> None:
+    """The idle watchers' process: report once all streams are open, hold them until stdin
+    closes, then print the counts as JSON."""
+    async with _idle_watching(base, count) as watch:
+        print("open", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+    print(json.dumps({"watched": watch.watched, "errors": watch.errors}), flush=True)
+
+
+IDLE_NUMBER = "+17034573399"
+IDLE_OPEN_WITHIN = 60.0  # seconds for every idle stream to be open before the load starts
+
+
+@contextlib.asynccontextmanager
+async def _idle_watching(base: str, count: int) -> AsyncIterator[Watching]:
+    """Event streams held open on `count` messages due in an hour; `watched` counts the
+    streams still open when the phase ends, `errors` those that ended or failed."""
+    watch = Watching(None)
+    opened = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = Client(base, session=session)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        ids: list[str] = []
+        for start in range(0, count, 1000):
+            items = [SendItem(IDLE_NUMBER, "held", send_at=later)] * min(1000, count - start)
+            batch = await client.send_batch(items)
+            ids += [r.message.id for r in batch.results if r.message is not None]
+
+        all_open = asyncio.Event()
+
+        async def hold(msg_id: str) -> None:
+            nonlocal opened
+            first = True
+            try:
+                # The first event (queued) arrives once the stream is open; nothing changes
+                # after it within the phase, so a stream that ends is an error.
+                async for _ in client.events(msg_id):
+                    opened += first
+                    first = False
+                    if opened == len(ids):
+                        all_open.set()
+            except (ApiError, aiohttp.ClientError):
+                pass
+            watch.errors += 1
+            all_open.set()  # stop waiting: the phase would not measure what it says
+
+        tasks = [asyncio.create_task(hold(i), name="bench-idle-watcher") for i in ids]
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_open.wait(), IDLE_OPEN_WITHIN)
+            yield watch
+            watch.watched = sum(not t.done() for t in tasks)
         finally:
             for task in tasks:
                 task.cancel()
@@ -535,11 +646,13 @@ def render(report: dict[str, Any]) -> str:
         )
     watched = report.get("end_to_end_watched")
     if watched:
+        idle = watched.get("watch_with") == "idle"
+        followed = "streams held open" if idle else "followed to final"
         add(
-            f"end to end, {watched['watchers']:,} watchers",
+            f"end to end, {watched['watchers']:,} {'idle ' if idle else ''}watchers",
             watched,
             "delivered_per_s",
-            f"{watched['delivered']:,} delivered, {watched['watched']:,} followed to final, "
+            f"{watched['delivered']:,} delivered, {watched['watched']:,} {followed}, "
             f"daemon CPU {watched['daemon_cpu_ms_per_message']:.2f} ms/msg "
             f"(vs {e2e['daemon_cpu_ms_per_message'] if e2e else 0:.2f})",
         )

@@ -72,9 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--watch-with",
-        choices=["events", "poll"],
+        choices=["events", "poll", "idle"],
         default="events",
-        help="how watchers follow messages: Server-Sent Events or long polling",
+        help="how watchers follow messages: Server-Sent Events, long polling, or idle "
+        "(streams held open on messages scheduled for later)",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
 

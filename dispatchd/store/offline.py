@@ -12,7 +12,11 @@ from dispatchd.store.messages import INSERT_ATTEMPT, INSERT_HISTORY, INSERT_MESS
 from dispatchd.store.schema import BUSY_TIMEOUT_MS, _connect, _prepare
 
 COUNT_MESSAGES = "SELECT count(*) FROM messages"
-COUNT_UNFINISHED = "SELECT count(*) FROM messages WHERE status IN ('queued', 'sending', 'sent')"
+# Messages scheduled for later (send_at ahead) are not waited for: they are meant to wait.
+COUNT_UNFINISHED = (
+    "SELECT count(*) FROM messages WHERE status IN ('queued', 'sending', 'sent') "
+    "AND (send_at IS NULL OR send_at <= ?)"
+)
 DELIVERY_LATENCIES = (
     "SELECT (updated_at - created_at) * 1000 FROM messages "
     "WHERE status = 'delivered' AND created_at >= ?"
@@ -32,9 +36,9 @@ def count_messages(path: Path) -> int:
 
 
 def count_unfinished(path: Path) -> int:
-    """Messages not yet delivered, failed, invalid or expired (nor merely sent)."""
+    """Messages due by now not yet delivered, failed, invalid or expired (nor merely sent)."""
     with contextlib.closing(_read_only(path)) as conn:
-        return int(conn.execute(COUNT_UNFINISHED).fetchone()[0])
+        return int(conn.execute(COUNT_UNFINISHED, (time.time(),)).fetchone()[0])
 
 
 def delivery_latencies(path: Path, since: float) -> tuple[int, list[float]]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from dispatchd import bench
+from tests.conftest import DaemonFactory, wait_for
 
 
 async def test_bench_runs_every_phase_and_reports_consistent_numbers() -> None:
@@ -80,3 +81,16 @@ def test_bench_cli_prints_json_against_a_running_daemon_url_error() -> None:
     report = json.loads(out)
     assert report["accept"]["ok"] == 0
     assert report["accept"]["errors"] == 5
+
+
+async def test_idle_watchers_hold_their_streams_open_and_are_counted(
+    start_daemon: DaemonFactory,
+) -> None:
+    # The bench's `--watch-with idle`: streams on messages scheduled for later, held by a
+    # child process, stay open through the phase, each a live watch in the daemon.
+    daemon = await start_daemon(simulator={"enabled": True})
+    base = f"http://127.0.0.1:{daemon.port}"
+    async with bench._idle_watchers_process(base, 25) as watch:
+        assert daemon.watchers.count == 25, "every stream is open when the phase starts"
+    assert (watch.watched, watch.errors) == (25, 0)
+    await wait_for(lambda: daemon.watchers.count == 0, what="watches closed after the phase")
