@@ -13,7 +13,15 @@ from dispatchd.errors import StoreError, StoreLocked
 APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
 SCHEMA_VERSION = 3
 
-SCHEMA = """
+# The body of a status callback, rendered in SQL so the triggers can queue it in the very
+# transaction that changes the status.
+_CALLBACK_BODY = """json_object('id', new.id, 'status', new.status, 'to_number', new.to_number,
+            'provider', new.provider,
+            'error', CASE WHEN new.error_code IS NULL THEN NULL
+                ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
+            'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch'))"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     to_number TEXT NOT NULL,
@@ -105,11 +113,7 @@ WHEN new.status_callback_url IS NOT NULL
 BEGIN
     INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
     VALUES (new.id, new.status_callback_url, new.status,
-        json_object('id', new.id, 'status', new.status, 'to_number', new.to_number,
-            'provider', new.provider,
-            'error', CASE WHEN new.error_code IS NULL THEN NULL
-                ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
-            'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
+        {_CALLBACK_BODY},
         new.updated_at, new.updated_at);
 END;
 -- Behind a pending callback of the same message, the new one waits (NULL: not due).
@@ -118,11 +122,7 @@ WHEN new.status_callback_url IS NOT NULL AND new.status IS NOT old.status
 BEGIN
     INSERT INTO webhooks (message_id, url, status, payload, created_at, next_attempt_at)
     VALUES (new.id, new.status_callback_url, new.status,
-        json_object('id', new.id, 'status', new.status, 'to_number', new.to_number,
-            'provider', new.provider,
-            'error', CASE WHEN new.error_code IS NULL THEN NULL
-                ELSE json_object('code', new.error_code, 'detail', new.error_detail) END,
-            'at', strftime('%Y-%m-%dT%H:%M:%fZ', new.updated_at, 'unixepoch')),
+        {_CALLBACK_BODY},
         new.updated_at,
         CASE WHEN EXISTS (
             SELECT 1 FROM webhooks INDEXED BY webhooks_message
