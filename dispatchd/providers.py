@@ -11,9 +11,7 @@ import aiohttp
 
 from dispatchd.config import ProviderConfig
 from dispatchd.errors import ProviderError, ProviderRejected, ProviderUnavailable
-
-# 408 and 429 are the provider asking us to come back later, not a verdict on the message.
-RETRYABLE_4XX = frozenset({408, 429})
+from dispatchd.retry import retryable_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +66,7 @@ class ProviderClient:
         if 200 <= status < 300:
             return Accepted(_message_id(body), status)
         detail = _error_text(body) or f"HTTP {status}"
-        if status >= 500 or status in RETRYABLE_4XX:
+        if retryable_status(status):
             return ProviderUnavailable(f"HTTP {status}: {detail}", http_status=status)
         return ProviderRejected(f"HTTP {status}: {detail}", http_status=status)
 

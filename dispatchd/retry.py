@@ -1,4 +1,4 @@
-"""Retry decisions after an attempt in which no provider accepted the message."""
+"""Retry decisions: after an attempt no provider accepted, and for any HTTP answer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import random
 from dataclasses import dataclass
 
 from dispatchd.models import ErrorCode
+
+# 408 and 429 are the server asking us to come back later, not a verdict on the request.
+RETRYABLE_4XX = frozenset({408, 429})
+
+
+def retryable_status(http_status: int | None) -> bool:
+    """No answer, 5xx, 408 and 429 may go better later; any other answer will not."""
+    return http_status is None or http_status >= 500 or http_status in RETRYABLE_4XX
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +25,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RetryAt:
-    """Queue the message again for `at` (epoch seconds)."""
+    """Try again at `at` (epoch seconds)."""
 
     at: float
 

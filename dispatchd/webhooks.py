@@ -89,25 +89,13 @@ class Delivered:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryAt:
-    """Try again at `at` (epoch seconds)."""
-
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
 class GiveUp:
     """Stop trying: the row ends `failed`."""
 
     reason: str
 
 
-Verdict = Delivered | RetryAt | GiveUp
-
-
-def retryable(http_status: int | None) -> bool:
-    """No answer, 5xx, 408 and 429 may go better later; any other answer will not."""
-    return http_status is None or http_status >= 500 or http_status in (408, 429)
+Verdict = Delivered | retry.RetryAt | GiveUp
 
 
 def judge(
@@ -116,11 +104,11 @@ def judge(
     """What follows try number `attempt` (1-based) that got `http_status` (None: no answer)."""
     if http_status is not None and 200 <= http_status < 300:
         return Delivered()
-    if not retryable(http_status):
+    if not retry.retryable_status(http_status):
         return GiveUp(f"the receiver refused it (HTTP {http_status})")
     if attempt >= policy.max_attempts:
         return GiveUp(f"given up after {attempt} tries")
-    return RetryAt(now + retry.backoff(attempt, policy, rng))
+    return retry.RetryAt(now + retry.backoff(attempt, policy, rng))
 
 
 def restart_only_changes(old: WebhooksConfig, new: WebhooksConfig) -> list[str]:
@@ -376,11 +364,11 @@ class Sender:
         await settle_webhook(
             self._store,
             row.id,
-            state=PENDING if isinstance(verdict, RetryAt) else _final_state(verdict),
-            next_attempt_at=verdict.at if isinstance(verdict, RetryAt) else None,
+            state=PENDING if isinstance(verdict, retry.RetryAt) else _final_state(verdict),
+            next_attempt_at=verdict.at if isinstance(verdict, retry.RetryAt) else None,
             http_status=answer.http_status,
             error=error,
-            finished_at=None if isinstance(verdict, RetryAt) else now,
+            finished_at=None if isinstance(verdict, retry.RetryAt) else now,
         )
         self._report(row, verdict, attempt, answer.http_status, error, answer.detail)
         return verdict
@@ -436,7 +424,7 @@ class Sender:
         )
         if detail is not None:
             line += f" detail={detail!r}"
-        if isinstance(verdict, RetryAt):
+        if isinstance(verdict, retry.RetryAt):
             logger.info(
                 "event=webhook_retry_scheduled %s in_s=%.2f", line, verdict.at - self._clock()
             )

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from dispatchd.config import WebhooksConfig
-from dispatchd.retry import RetryPolicy
+from dispatchd.retry import RetryAt, RetryPolicy
 from dispatchd.webhooks import (
     Delivered,
     GiveUp,
-    RetryAt,
     judge,
     restart_only_changes,
     sign,
