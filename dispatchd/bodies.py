@@ -52,6 +52,30 @@ def validation(errors: list[FieldError]) -> Problem:
     )
 
 
+def whole_number(raw: str, max_digits: int = 9) -> int | None:
+    """`raw` as an int when it is nothing but ASCII digits (at most `max_digits`), else None.
+
+    int() alone also takes other scripts' digits, " 10", "+10" and "1_0", and str.isdigit()
+    is true for "²", which int() refuses; thousands of digits make int() raise too.
+    """
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= max_digits else None
+
+
+def status_param(query: Mapping[str, str], errors: list[FieldError]) -> Status | None:
+    """The `status` query parameter, when present; a field error if it names no status.
+
+    Present but empty is checked too: `status=` is not a status.
+    """
+    if "status" not in query:
+        return None
+    try:
+        return Status(query["status"])
+    except ValueError:
+        choices = ", ".join(s.value for s in Status)
+        errors.append(FieldError("status", "invalid_choice", f"status must be one of {choices}."))
+        return None
+
+
 def _malformed(detail: str) -> Problem:
     return Problem(400, "malformed_request", "Malformed request", detail)
 

@@ -100,6 +100,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from dispatchd import store as store_mod
+from dispatchd.bodies import whole_number
 from dispatchd.errors import ControlSocketError, StoreError
 from dispatchd.events import EventBus, Subscription
 from dispatchd.health import BadWeight, HealthRegistry, UnknownProvider
@@ -261,16 +262,12 @@ async def find_messages(request: web.Request) -> web.Response:
         number = to_e164(raw_number, deps.default_region)
     except NumberError as exc:
         raise _invalid("to_number", exc.code, exc.message) from exc
-    # isascii: isdigit() also takes '²' and Arabic-Indic digits, which int() refuses or
-    # reads; the length cap keeps int() away from thousands of digits.
-    ok = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9
-    if not ok or not 1 <= int(raw_limit) <= LOOKUP_LIMIT_MAX:
+    limit = whole_number(raw_limit)
+    if limit is None or not 1 <= limit <= LOOKUP_LIMIT_MAX:
         raise _invalid(
             "limit", "out_of_range", f"limit must be a whole number from 1 to {LOOKUP_LIMIT_MAX}."
         )
-    items = await deps.service.store.search(
-        to_number=number, status=None, limit=int(raw_limit), cursor=None
-    )
+    items = await deps.service.store.search(to_number=number, status=None, limit=limit, cursor=None)
     return web.json_response({"items": [message_resource(m) for m in items]})
 
 

@@ -8,7 +8,7 @@ import re
 from aiohttp import hdrs, web
 
 from dispatchd import store as store_mod
-from dispatchd.bodies import validation
+from dispatchd.bodies import status_param, validation, whole_number
 from dispatchd.connections import connection_gone, on_connection_lost
 from dispatchd.errors import StoreUnavailable
 from dispatchd.models import HistoryEntry, Status
@@ -85,15 +85,7 @@ def _wait_params(request: web.Request) -> tuple[float, Status | None]:
                     f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, such as 30 or 2.5.",
                 )
             )
-    seen = None
-    if "status" in q:
-        try:
-            seen = Status(q["status"])
-        except ValueError:
-            choices = ", ".join(s.value for s in Status)
-            errors.append(
-                FieldError("status", "invalid_choice", f"status must be one of {choices}.")
-            )
+    seen = status_param(q, errors)
     if errors:
         raise validation(errors)
     return wait, seen
@@ -104,10 +96,9 @@ def _last_event_id(request: web.Request) -> int:
     raw = request.headers.get("Last-Event-ID")
     if raw is None:
         return -1
-    raw = raw.strip()
-    # ASCII digits only, and few of them: int() takes other scripts' digits and "1_0".
-    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_EVENT_ID:
-        return int(raw)
+    event_id = whole_number(raw.strip(), max_digits=10)
+    if event_id is not None and event_id <= MAX_EVENT_ID:
+        return event_id
     raise validation(
         [
             FieldError(

@@ -19,7 +19,15 @@ from aiohttp.typedefs import Middleware
 
 from dispatchd.auth import METRICS_PATH, OPEN_PATHS, auth_middleware
 from dispatchd.batches import MAX_BATCH_BODY, post_batch
-from dispatchd.bodies import MAX_BODY, read_report, read_send_fields, validate_send, validation
+from dispatchd.bodies import (
+    MAX_BODY,
+    read_report,
+    read_send_fields,
+    status_param,
+    validate_send,
+    validation,
+    whole_number,
+)
 from dispatchd.connections import GUARD, ConnectionGuard, make_runner
 from dispatchd.errors import StoreUnavailable
 from dispatchd.idempotency import Idempotency, Rendered
@@ -133,22 +141,11 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
             number = to_e164(number, deps.default_region)
         except NumberError as exc:
             errors.append(FieldError("to_number", exc.code, exc.message))
-    status = None
-    if "status" in q:
-        try:
-            status = Status(q["status"])
-        except ValueError:
-            choices = ", ".join(s.value for s in Status)
-            errors.append(
-                FieldError("status", "invalid_choice", f"status must be one of {choices}.")
-            )
+    status = status_param(q, errors)
     limit = LIST_LIMIT_DEFAULT
     if "limit" in q:
-        raw = q["limit"]
-        # ASCII digits only: int() also takes Arabic-Indic digits, " 10", "+10" and "1_0".
-        # The length cap keeps int() from refusing (ValueError) thousands of digits (a 500).
-        ok = raw.isascii() and raw.isdigit() and len(raw) <= 9
-        if not ok or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        value = whole_number(q["limit"])
+        if value is None or not 1 <= value <= LIST_LIMIT_MAX:
             errors.append(
                 FieldError(
                     "limit",
@@ -157,7 +154,7 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
                 )
             )
         else:
-            limit = int(raw)
+            limit = value
     if errors:
         raise validation(errors)
     return number, status, limit, q.get("cursor") or None
