@@ -10,7 +10,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -131,7 +131,7 @@ class Daemon:
             rng=self._rng,
             health=self.health,
             events=self.events,
-            on_moved=self.watchers.wake_many,
+            on_moved=self._status_moved,
         )
         worker_ref.append(worker)
         control_deps = ControlDeps(
@@ -183,6 +183,13 @@ class Daemon:
             ",".join(f"{p.name}:{p.weight}" for p in cfg.providers),
             cfg.simulator.enabled,
         )
+
+    def _status_moved(self, ids: Sequence[str]) -> None:
+        """The worker moved messages between statuses without an event (claims, silent
+        requeues): wake their watchers, and the callback sender, as an event would."""
+        self.watchers.wake_many(ids)
+        if self.webhooks is not None:
+            self.webhooks.wake()
 
     def _start_webhooks(self, store: Store) -> None:
         """Start the status-callback sender; pending callbacks from before a restart go first."""

@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Dispatchd-Signature"
 EVENT_ID_HEADER = "Dispatchd-Event-Id"
 SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept between `t` and its clock
-# Claims (queued -> sending) publish no event, so their rows are found by this poll.
+# A fallback: status changes wake the sender (bus events, and the worker's claims through
+# the daemon); this poll only bounds the delay should some change ever do neither.
 POLL_INTERVAL = 1.0
 # Read per try, so a reload may change them; the rest of [webhooks] needs a restart.
 LIVE_KEYS = frozenset({"timeout", "max_attempts", "backoff_initial", "backoff_max"})
