@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from dispatchd.config import Config
@@ -93,6 +94,20 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     for daemon in reversed(started):
         if daemon.store is not None and not daemon.store.closed:
             await daemon.stop(grace=1.0)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session; files needing another kind (a base URL, no keep-alive)
+    override it."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def daemon(start_daemon: DaemonFactory) -> Daemon:
+    """A daemon with the default test config; files needing another config override it."""
+    return await start_daemon()
 
 
 @pytest.fixture

@@ -16,14 +16,7 @@ from dispatchd.console.widgets import LogEntry, ProviderTable, TrafficLog
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
 from tests.console.fakes import MESSAGE, RecordedControl, RecordingApp, msg_id
-
-NUMBER = "+17034573322"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+from tests.helpers import NUMBER
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,36 +14,10 @@ import pytest
 
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
+from tests.helpers import INVALID_NUMBER, NO_REPORTS, NUMBER, OTHER_NUMBER, Json, call, url
 
 PROBLEM = "application/problem+json"
-NUMBER = "+17034573322"
 NATIONAL = "(703) 457-3322"
-OTHER_NUMBER = "+17034573323"
-INVALID_NUMBER = "+17034570000"  # the simulator reports numbers ending in 0000 as invalid
-# A daemon whose simulated providers accept at once but never send a delivery report.
-NO_REPORTS = {"callback_delay": 3600}
-
-Json = dict[str, Any]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(d: Daemon, path: str) -> str:
-    return f"http://127.0.0.1:{d.port}{path}"
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, d: Daemon, path: str, **kwargs: Any
-) -> tuple[int, Json, Any]:
-    """One request; returns status, the JSON body ({} when empty) and the headers."""
-    async with http.request(method, url(d, path), **kwargs) as resp:
-        raw = await resp.read()
-        body = await resp.json(content_type=None) if raw else {}
-        return resp.status, body, resp.headers
 
 
 async def send(

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,12 @@ from dispatchd.errors import ConfigError
 from dispatchd.openapi import openapi_document
 from dispatchd.web import WebDeps, make_app
 from tests.conftest import DaemonFactory, free_port
+from tests.helpers import Json
 
 KEY = "test-key-1"
 FILE_KEY = "test-key-from-file"
 BEARER = {"Authorization": f"Bearer {KEY}"}
 SEND = {"to_number": "+17034573322", "message": "hello"}
-
-Json = dict[str, Any]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
@@ -49,6 +41,7 @@ async def daemon(start_daemon: DaemonFactory, tmp_path: Path) -> Daemon:
 async def call(
     http: aiohttp.ClientSession, method: str, d: Daemon, path: str, **kwargs: Any
 ) -> tuple[int, Json, Any]:
+    """Like tests.helpers.call, but a body that is not JSON (e.g. /metrics) reads as {}."""
     async with http.request(method, f"http://127.0.0.1:{d.port}{path}", **kwargs) as resp:
         raw = await resp.read()
         body = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,19 +13,9 @@ from dispatchd import batches as dispatchd_batches
 from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
-
-NUMBER = "+17034573322"
-OTHER = "+17034573323"
-INVALID = "+17034570000"  # the simulator reports numbers ending in 0000 as invalid
-NO_REPORTS = {"callback_delay": 3600}
-
-Json = dict[str, Any]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+from tests.helpers import INVALID_NUMBER as INVALID
+from tests.helpers import NO_REPORTS, NUMBER, Json
+from tests.helpers import OTHER_NUMBER as OTHER
 
 
 @pytest.fixture

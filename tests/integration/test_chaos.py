@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
+from tests.helpers import NUMBER, Json
 
-Json = dict[str, Any]
-NUMBER = "+17034573322"
 UNFINISHED = ("queued", "sending", "sent")
 # Small retries so outages measured in seconds are survived in seconds.
 FAST_RETRY = {"backoff_initial": 0.1, "backoff_max": 0.4, "max_attempts": 100}
@@ -76,12 +73,6 @@ class Api:
         async with self.http.get(f"{self.base}/simulator/_stats") as resp:
             data: Json = await resp.json()
             return data
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def start(

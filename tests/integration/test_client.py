@@ -12,25 +12,13 @@ from aiohttp.test_utils import TestServer
 from dispatchd.client import ApiError, Client, SendItem, Status
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory
-
-NUMBER = "+17034573322"
-UNKNOWN = "01a222ab-f8ac-7206-bf20-90d60ad50f03"
-
-
-@pytest.fixture
-async def daemon(start_daemon: DaemonFactory) -> Daemon:
-    return await start_daemon()
+from tests.helpers import NUMBER, UNKNOWN, hold
 
 
 @pytest.fixture
 async def client(daemon: Daemon) -> AsyncIterator[Client]:
     async with Client(f"http://127.0.0.1:{daemon.port}") as c:
         yield c
-
-
-def hold(daemon: Daemon) -> None:
-    for name in daemon.health.names:
-        daemon.health.pause(name)
 
 
 async def test_send_follow_and_read_a_message(client: Client) -> None:

@@ -24,9 +24,7 @@ from dispatchd.events import EventBus
 from dispatchd.health import BadWeight, HealthRegistry, ProviderState, UnknownProvider, percentile
 from dispatchd.models import Status
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
-
-Json = dict[str, Any]
-NUMBER = "+17034573322"
+from tests.helpers import NUMBER, Json
 
 
 class Control:
@@ -52,12 +50,6 @@ class Control:
         status, data = await self.call("GET", "/v1/snapshot")
         assert status == 200
         return dict(data)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _daemon(start_daemon: DaemonFactory, short_tmp: Path, **sections: Any) -> Daemon:

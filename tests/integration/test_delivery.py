@@ -32,11 +32,9 @@ from dispatchd.service import Service
 from dispatchd.store import Store
 from dispatchd.worker import Worker, WorkerSettings
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
+from tests.helpers import NUMBER, Json
 
-NUMBER = "+17034573322"
 OTHER_NUMBER = "+17034573323"
-
-Json = dict[str, Any]
 
 
 # -- fake providers -----------------------------------------------------------------------
@@ -82,7 +80,9 @@ class FakeProvider:
         if behaviour == "429":
             return web.json_response({"error": "Too many requests"}, status=429)
         if behaviour == "hang":
-            await asyncio.sleep(30)  # cancelled when the server closes
+            # A provider that never answers, the subject of the tests using it; the sleep is
+            # cancelled when the server closes.
+            await asyncio.sleep(30)
             return web.json_response({"message_id": message_id})
         if behaviour == "drop":
             assert request.transport is not None
@@ -92,12 +92,6 @@ class FakeProvider:
 
 
 FakeFactory = Callable[..., Awaitable[FakeProvider]]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -24,9 +24,7 @@ from dispatchd.daemon import Daemon
 from dispatchd.events import EventBus, Subscription
 from dispatchd.health import HealthRegistry, ProviderState, announce
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
-
-Json = dict[str, Any]
-NUMBER = "+17034573322"
+from tests.helpers import NUMBER, Json
 
 
 @dataclass

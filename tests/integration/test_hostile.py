@@ -33,17 +33,15 @@ from dispatchd import bodies as dispatchd_bodies
 from dispatchd import connections as dispatchd_connections
 from dispatchd.daemon import Daemon
 from dispatchd.web import GUARD, MAX_BODY, ConnectionGuard, WebDeps, make_app, make_runner
-from tests.conftest import DaemonFactory, wait_for
+from tests.conftest import wait_for
+from tests.helpers import NUMBER, Json
 
 MiB = 1024 * 1024
 PROBLEM = "application/problem+json"
-NUMBER = "+17034573322"
 # How long a well-behaved client may wait for an answer while the daemon is under attack.
 ANSWER_WITHIN = 5.0
 # Sockets per flood: both ends live in this process, so two descriptors each.
 FLOOD = min(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256) // 2)
-
-Json = dict[str, Any]
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -100,6 +98,7 @@ class PeakMemory:
     async def _sample(self) -> None:
         while True:
             self._take()
+            # The sampling period, not a wait for state: VmRSS is read every 5 ms.
             await asyncio.sleep(0.005)
 
 
@@ -179,11 +178,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
-
-
-@pytest.fixture
-async def daemon(start_daemon: DaemonFactory) -> Daemon:
-    return await start_daemon()
 
 
 def base_url(d: Daemon) -> str:
@@ -722,6 +716,7 @@ class Slowloris:
 
     async def _dribble(self) -> None:
         while True:
+            # The attack's pace, the subject of the test: one byte per socket every 100 ms.
             await asyncio.sleep(0.1)
             for (_, writer), closed in zip(self.conns, self.closed, strict=True):
                 if not closed.done() and not writer.is_closing():
@@ -785,6 +780,7 @@ async def test_slow_second_request_is_cut_off_by_keepalive_timeout(
     async def dribble() -> None:
         while not writer.is_closing():
             writer.write(b"a")
+            # The attack's pace, the subject of the test: one byte every 100 ms.
             await asyncio.sleep(0.1)
 
     dribbler = asyncio.create_task(dribble())

@@ -20,9 +20,8 @@ from dispatchd.daemon import Daemon
 from dispatchd.errors import StoreUnavailable
 from dispatchd.store import SavedResponse
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
+from tests.helpers import INVALID_NUMBER, NUMBER
 
-NUMBER = "+17034573322"
-INVALID_NUMBER = "+17034570000"  # the simulator reports numbers ending in 0000 as invalid
 SEND = {"to_number": NUMBER, "message": "hello"}
 
 
@@ -35,17 +34,6 @@ class Reply:
     @property
     def code(self) -> str:
         return str(json.loads(self.body)["code"])
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def daemon(start_daemon: DaemonFactory) -> Daemon:
-    return await start_daemon()
 
 
 async def post(

@@ -100,11 +100,12 @@ def db_statuses(db: Path) -> dict[str, str]:
 
 
 async def wait_exit(proc: Process, within: float) -> int:
-    deadline = time.monotonic() + within
-    while proc.proc.poll() is None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{proc.name} still running after {within}s")
-        await asyncio.sleep(0.02)
+    await wait_for(
+        lambda: proc.proc.poll() is not None,
+        within=within,
+        interval=0.02,
+        what=f"{proc.name} to exit",
+    )
     return proc.proc.returncode
 
 

@@ -19,27 +19,14 @@ import pytest
 from dispatchd import live as dispatchd_live
 from dispatchd.client import Client, SendItem
 from dispatchd.daemon import Daemon
-from tests.conftest import DaemonFactory, wait_for
-
-NUMBER = "+17034573322"
-UNKNOWN = "01a222ab-f8ac-7206-bf20-90d60ad50f03"
-
-
-@pytest.fixture
-async def daemon(start_daemon: DaemonFactory) -> Daemon:
-    return await start_daemon()
+from tests.conftest import wait_for
+from tests.helpers import NUMBER, UNKNOWN, hold
 
 
 @pytest.fixture
 async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.port}") as session:
         yield session
-
-
-def hold(daemon: Daemon) -> None:
-    """Pause every provider: accepted messages stay queued."""
-    for name in daemon.health.names:
-        daemon.health.pause(name)
 
 
 def release(daemon: Daemon) -> None:

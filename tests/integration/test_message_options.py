@@ -4,7 +4,6 @@ status_callback_url, against a real daemon, simulator and SQLite file."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,11 @@ from dispatchd import config as config_mod
 from dispatchd.daemon import Daemon
 from dispatchd.errors import ConfigError
 from tests.conftest import DaemonFactory, wait_for
+from tests.helpers import NO_REPORTS, NUMBER, Json
 
-NUMBER = "+17034573322"
 CURLY = "\u201cDon\u2019t\u201d \u2014 wait\u2026"
 PLAIN = '"Don\'t" - wait...'
-# Providers that take messages at once and never report back: a sent message stays sent.
-NO_REPORTS = {"callback_delay": 3600}
 HOOK = "http://127.0.0.1:9/sms/status"  # the discard port: nothing listens there
-
-Json = dict[str, Any]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(

@@ -153,11 +153,6 @@ def api() -> ApiChecker:
 
 
 @pytest.fixture
-async def daemon(start_daemon: DaemonFactory) -> Daemon:
-    return await start_daemon()
-
-
-@pytest.fixture
 async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.port}") as session:
         yield session

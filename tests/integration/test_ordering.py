@@ -15,11 +15,11 @@ import pytest
 from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
 from dispatchd.ids import IdGenerator
-from dispatchd.models import ErrorCode, Message, Status
+from dispatchd.models import ErrorCode, Status
 from dispatchd.store import Store
 from tests.conftest import DaemonFactory, wait_for
+from tests.helpers import NOW, queued_message
 
-NOW = 1_800_000_000.0
 LEASE = 60.0
 A = "+17034573322"
 B = "+17034573323"
@@ -33,18 +33,7 @@ class Outbox:
         self._ids = IdGenerator()
 
     async def add(self, number: str, due: float = NOW) -> str:
-        msg = Message(
-            id=self._ids.new(),
-            to_number=number,
-            body="hello",
-            status=Status.QUEUED,
-            segments=1,
-            encoding="GSM-7",
-            created_at=NOW,
-            updated_at=NOW,
-            expires_at=NOW + 3600,
-            next_attempt_at=due,
-        )
+        msg = queued_message(self._ids.new(), number, NOW, next_attempt_at=due)
         await self.store.insert(msg)
         return msg.id
 

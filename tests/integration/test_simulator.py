@@ -18,9 +18,8 @@ from aiohttp.test_utils import TestClient
 from dispatchd.config import SimulatorConfig
 from dispatchd.simulator import CALLBACKS, SimulatorState, make_simulator_app
 from tests.conftest import wait_for
+from tests.helpers import Json
 
-Json = dict[str, Any]
-NUMBER = "+17034573322"
 QUIET = {
     "latency": 0.0,
     "callback_delay": 0.0,

@@ -14,23 +14,11 @@ from dispatchd.errors import StoreError, StoreLocked
 from dispatchd.ids import IdGenerator
 from dispatchd.models import Message, Status
 from dispatchd.store import Store
+from tests.helpers import NOW, NUMBER, queued_message
 
-NOW = 1_800_000_000.0
 
-
-def _message(ids: IdGenerator, number: str = "+17034573322", at: float = NOW) -> Message:
-    return Message(
-        id=ids.new(),
-        to_number=number,
-        body="hello",
-        status=Status.QUEUED,
-        segments=1,
-        encoding="GSM-7",
-        created_at=at,
-        updated_at=at,
-        expires_at=at + 3600,
-        next_attempt_at=at,
-    )
+def _message(ids: IdGenerator, number: str = NUMBER, at: float = NOW) -> Message:
+    return queued_message(ids.new(), number, at)
 
 
 @pytest.fixture

@@ -21,17 +21,17 @@ from aiohttp import web
 
 from dispatchd import store as store_mod
 from dispatchd.errors import ConfigError
-from dispatchd.models import Message, Status
+from dispatchd.models import Message
 from dispatchd.openapi import openapi_document
 from dispatchd.retry import RetryPolicy
 from dispatchd.store import Store
 from dispatchd.store.webhooks import PROMOTE_NEXT_WEBHOOK
 from dispatchd.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, Sender, SenderSettings, verify
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
+from tests.helpers import NOW, NUMBER, Json, queued_message
 from tests.integration.test_openapi import ApiChecker
 
 SECRET = "test-webhook-secret"
-NUMBER = "+17034573322"
 FULL_RUN = ["queued", "sending", "sent", "delivered"]
 # Tiny timings so retries happen within the test; a report 0.2 s after the provider's 200
 # keeps `sent` strictly before `delivered`. The receivers listen on 127.0.0.1.
@@ -43,8 +43,6 @@ FAST = {
     "allow_private_addresses": True,
 }
 SIMULATOR = {"callback_delay": 0.2}
-
-Json = dict[str, Any]
 
 
 @dataclass
@@ -94,12 +92,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     yield r
     r.release.set()
     await runner.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def send(http: aiohttp.ClientSession, port: int | None, callback: str) -> Json:
@@ -365,23 +357,10 @@ async def test_callbacks_and_their_record_match_the_openapi_document(
 
 # -- the sender driven directly, on an injected clock ---------------------------------------
 
-NOW = 1_800_000_000.0
-
 
 def _message(msg_id: str, url: str) -> Message:
-    return Message(
-        id=msg_id,
-        to_number=NUMBER,
-        body="hello",
-        status=Status.QUEUED,
-        segments=1,
-        encoding="GSM-7",
-        created_at=NOW,
-        updated_at=NOW,
-        expires_at=NOW + 3600,
-        next_attempt_at=NOW + 3600,  # not due: the worker is not part of these tests
-        status_callback_url=url,
-    )
+    # Not due: the worker is not part of these tests.
+    return queued_message(msg_id, next_attempt_at=NOW + 3600, status_callback_url=url)
 
 
 @pytest.fixture
@@ -629,7 +608,9 @@ async def test_stop_during_a_read_starts_no_sends(receiver: Receiver, store: Sto
         await reading.wait()
         stop = asyncio.create_task(sender.stop(grace=1.0))
         for _ in range(5):
-            await asyncio.sleep(0)  # let stop() run as far as it can
+            # Yield to the loop a few times so stop() runs as far as it can: what is checked
+            # is that it has *not* finished, which no polling can wait for.
+            await asyncio.sleep(0)
         assert not stop.done(), "stop() returned while the loop was still reading"
         release.set()
         assert await stop == 0
