@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dispatchd import config as config_mod
 from dispatchd import logs
-from dispatchd.errors import ConfigError, ControlSocketError, StoreError
+from dispatchd.domain.errors import ConfigError, ControlSocketError, StoreError
 
 # sysexits.h: EX_CONFIG tells systemd and scripts the config, not the code, is wrong.
 EXIT_CONFIG = 78
@@ -114,7 +114,7 @@ def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from dispatchd.simulator import SimulatorState, make_simulator_app
+    from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 
     settings = cfg.simulator
     if args.instant:
@@ -153,7 +153,7 @@ def _console(socket_path: Path) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dispatchd import bench
+    from dispatchd.devtools import bench
 
     opts = bench.BenchOptions(
         url=args.url,
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging("warning")
         return _bench(args)
     if args.command == "bench-ceiling":
-        from dispatchd import bench
+        from dispatchd.devtools import bench
 
         bench.run_ceiling(args.port)
         return 0

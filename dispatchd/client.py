@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from dispatchd.models import Status
+from dispatchd.domain.models import Status
 
 __all__ = [
     "ApiError",

@@ -16,10 +16,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from dispatchd.addresses import private_literal
-from dispatchd.breaker import BreakerSettings
-from dispatchd.errors import ConfigError
-from dispatchd.numbers import valid_region
+from dispatchd.domain.addresses import private_literal
+from dispatchd.domain.breaker import BreakerSettings
+from dispatchd.domain.errors import ConfigError
+from dispatchd.domain.numbers import valid_region
 
 DEFAULT_CONFIG_PATH = Path("dispatchd.toml")
 

@@ -16,25 +16,25 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from dispatchd import auth
 from dispatchd import config as config_mod
-from dispatchd import store as store_mod
 from dispatchd.config import Config
-from dispatchd.connections import make_runner
-from dispatchd.control import ControlDeps, ControlServer, make_control_app
-from dispatchd.errors import ConfigError, StoreError, StoreUnavailable
+from dispatchd.control.server import ControlDeps, ControlServer, make_control_app
+from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
+from dispatchd.domain.errors import ConfigError, StoreError, StoreUnavailable
+from dispatchd.domain.retry import RetryPolicy
 from dispatchd.events import EventBus
 from dispatchd.health import HealthRegistry
-from dispatchd.idempotency import Idempotency
+from dispatchd.http import auth
+from dispatchd.http.app import WebDeps, make_app
+from dispatchd.http.connections import make_runner
+from dispatchd.http.idempotency import Idempotency
+from dispatchd.http.watch import Watchers
 from dispatchd.metrics import Metrics
 from dispatchd.providers import ProviderClient
-from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
-from dispatchd.simulator import SimulatorState, make_simulator_app
-from dispatchd.store import QueueStats, Store
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import QueueStats, Store
 from dispatchd.systemd import Notifier
-from dispatchd.watch import Watchers
-from dispatchd.web import WebDeps, make_app
 from dispatchd.webhooks import Sender, SenderSettings, make_session, restart_only_changes
 from dispatchd.worker import Worker, WorkerSettings
 

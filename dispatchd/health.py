@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatchd.breaker import Breaker, BreakerSettings, BreakerState, Transition
 from dispatchd.config import ProviderConfig
-from dispatchd.errors import DispatchdError
+from dispatchd.domain.breaker import Breaker, BreakerSettings, BreakerState, Transition
+from dispatchd.domain.errors import DispatchdError
+from dispatchd.domain.routing import Candidate
 from dispatchd.events import EventBus
-from dispatchd.routing import Candidate
 
 logger = logging.getLogger(__name__)
 

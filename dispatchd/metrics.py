@@ -32,9 +32,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from dispatchd.breaker import BreakerState
-from dispatchd.models import Status
-from dispatchd.store import QueueStats
+from dispatchd.domain.breaker import BreakerState
+from dispatchd.domain.models import Status
+from dispatchd.store.sqlite import QueueStats
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from dispatchd.config import ProviderConfig
-from dispatchd.errors import ProviderError, ProviderRejected, ProviderUnavailable
-from dispatchd.retry import retryable_status
+from dispatchd.domain.errors import ProviderError, ProviderRejected, ProviderUnavailable
+from dispatchd.domain.retry import retryable_status
 
 
 @dataclass(frozen=True, slots=True)

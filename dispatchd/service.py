@@ -13,16 +13,16 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatchd import store as store_mod
-from dispatchd.addresses import private_literal
 from dispatchd.config import DeliveryConfig, WebhooksConfig
-from dispatchd.encoding import segment, smart_encode
-from dispatchd.errors import DispatchdError
+from dispatchd.domain.addresses import private_literal
+from dispatchd.domain.encoding import segment, smart_encode
+from dispatchd.domain.errors import DispatchdError
+from dispatchd.domain.ids import IdGenerator
+from dispatchd.domain.models import REPORT_STATUSES, DeliveryReport, Message, Status
+from dispatchd.domain.numbers import NumberError, to_e164
 from dispatchd.events import EventBus
-from dispatchd.ids import IdGenerator
-from dispatchd.models import REPORT_STATUSES, DeliveryReport, Message, Status
-from dispatchd.numbers import NumberError, to_e164
-from dispatchd.store import ReportResult, SavedResponse, Store
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import ReportResult, SavedResponse, Store
 
 logger = logging.getLogger(__name__)
 

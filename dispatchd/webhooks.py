@@ -31,12 +31,18 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from dispatchd import retry
-from dispatchd.addresses import is_private, literal_address, private_literal
 from dispatchd.config import WebhooksConfig
-from dispatchd.errors import StoreError
+from dispatchd.domain import retry
+from dispatchd.domain.addresses import is_private, literal_address, private_literal
+from dispatchd.domain.errors import StoreError
 from dispatchd.events import Event, EventBus
-from dispatchd.store import DueWebhook, Store, due_webhooks, next_webhook_retry, settle_webhook
+from dispatchd.store.sqlite import (
+    DueWebhook,
+    Store,
+    due_webhooks,
+    next_webhook_retry,
+    settle_webhook,
+)
 
 logger = logging.getLogger(__name__)
 

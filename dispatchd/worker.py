@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dispatchd import retry, routing
 from dispatchd.config import ProviderConfig
-from dispatchd.errors import ProviderUnavailable, StoreError
+from dispatchd.domain import retry, routing
+from dispatchd.domain.errors import ProviderUnavailable, StoreError
+from dispatchd.domain.models import Attempt, ErrorCode, Outcome, Status
 from dispatchd.events import EventBus
 from dispatchd.health import HealthChange, HealthRegistry, Permit, announce
-from dispatchd.models import Attempt, ErrorCode, Outcome, Status
 from dispatchd.providers import Accepted, CallResult, ProviderClient
-from dispatchd.store import Claimed, Store
+from dispatchd.store.sqlite import Claimed, Store
 
 logger = logging.getLogger(__name__)
 

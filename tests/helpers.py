@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from dispatchd.daemon import Daemon
-from dispatchd.models import Message, Status
+from dispatchd.domain.models import Message, Status
 
 Json = dict[str, Any]
 

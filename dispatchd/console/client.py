@@ -1,4 +1,4 @@
-"""A client of the control protocol (documented in `dispatchd.control`) over a unix socket."""
+"""A client of the control protocol (see `dispatchd.control.server`) over a unix socket."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from dispatchd.errors import DispatchdError
+from dispatchd.domain.errors import DispatchdError
 
 PROTOCOL_VERSION = 1
 # The host part is ignored over a unix socket, but HTTP wants one.

@@ -14,21 +14,21 @@ import pytest
 DAEMON_SIDE = [
     "dispatchd.cli",
     "dispatchd.daemon",
-    "dispatchd.control",
+    "dispatchd.control.server",
     "dispatchd.events",
     "dispatchd.health",
-    "dispatchd.web",
+    "dispatchd.http.app",
     "dispatchd.worker",
     "dispatchd.service",
-    "dispatchd.store",
+    "dispatchd.store.sqlite",
 ]
 # What the console must never need: the database and everything that writes to it.
 NOT_FOR_THE_CONSOLE = [
-    "dispatchd.store",
+    "dispatchd.store.sqlite",
     "dispatchd.worker",
     "dispatchd.service",
     "dispatchd.daemon",
-    "dispatchd.control",
+    "dispatchd.control.server",
     "aiosqlite",
 ]
 

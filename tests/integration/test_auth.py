@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd.auth import OPEN_PATHS
 from dispatchd.daemon import Daemon
-from dispatchd.errors import ConfigError
-from dispatchd.openapi import openapi_document
-from dispatchd.web import WebDeps, make_app
+from dispatchd.domain.errors import ConfigError
+from dispatchd.http.app import WebDeps, make_app
+from dispatchd.http.auth import OPEN_PATHS
+from dispatchd.http.openapi import openapi_document
 from tests.conftest import DaemonFactory, free_port
 from tests.helpers import Json
 

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd import batches as dispatchd_batches
-from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
+from dispatchd.http import batches as dispatchd_batches
+from dispatchd.store import sqlite as store_mod
 from tests.conftest import DaemonFactory, wait_for
 from tests.helpers import INVALID_NUMBER as INVALID
 from tests.helpers import NO_REPORTS, NUMBER, Json

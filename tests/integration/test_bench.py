@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from dispatchd import bench
+from dispatchd.devtools import bench
 from tests.conftest import DaemonFactory, wait_for
 
 

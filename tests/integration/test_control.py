@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 
 from dispatchd.config import Config, ProviderConfig
-from dispatchd.control import DEPS, make_control_app
+from dispatchd.control.server import DEPS, make_control_app
 from dispatchd.daemon import Daemon
-from dispatchd.errors import ControlSocketError
+from dispatchd.domain.errors import ControlSocketError
+from dispatchd.domain.models import Status
 from dispatchd.events import EventBus
 from dispatchd.health import BadWeight, HealthRegistry, ProviderState, UnknownProvider, percentile
-from dispatchd.models import Status
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import NUMBER, Json
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from dispatchd.bench import Process, free_port, wait_http
+from dispatchd.devtools.bench import Process, free_port, wait_http
 from tests.conftest import wait_for
 
 BURST = 300

@@ -24,12 +24,12 @@ from yarl import URL
 
 from dispatchd.config import Config
 from dispatchd.daemon import Daemon
+from dispatchd.domain.models import DeliveryReport, Message, Outcome, Status
+from dispatchd.domain.retry import RetryPolicy
 from dispatchd.health import HealthRegistry
-from dispatchd.models import DeliveryReport, Message, Outcome, Status
 from dispatchd.providers import ProviderClient
-from dispatchd.retry import RetryPolicy
 from dispatchd.service import Service
-from dispatchd.store import Store
+from dispatchd.store.sqlite import Store
 from dispatchd.worker import Worker, WorkerSettings
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import NUMBER, Json

@@ -30,8 +30,8 @@ import schemathesis
 from schemathesis import Case, CheckContext, Response
 
 from dispatchd.daemon import Daemon
-from dispatchd.openapi import openapi_document
-from dispatchd.web import PROBLEM_TYPE
+from dispatchd.http.app import PROBLEM_TYPE
+from dispatchd.http.openapi import openapi_document
 from tests.conftest import free_port, make_config
 
 MAX_EXAMPLES = 50

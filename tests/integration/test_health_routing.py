@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dispatchd.breaker import BreakerSettings, BreakerState
 from dispatchd.config import ProviderConfig
 from dispatchd.daemon import Daemon
+from dispatchd.domain.breaker import BreakerSettings, BreakerState
 from dispatchd.events import EventBus, Subscription
 from dispatchd.health import HealthRegistry, ProviderState, announce
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for

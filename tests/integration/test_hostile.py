@@ -29,10 +29,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dispatchd import bodies as dispatchd_bodies
-from dispatchd import connections as dispatchd_connections
 from dispatchd.daemon import Daemon
-from dispatchd.web import GUARD, MAX_BODY, ConnectionGuard, WebDeps, make_app, make_runner
+from dispatchd.http import bodies as dispatchd_bodies
+from dispatchd.http import connections as dispatchd_connections
+from dispatchd.http.app import GUARD, MAX_BODY, ConnectionGuard, WebDeps, make_app, make_runner
 from tests.conftest import wait_for
 from tests.helpers import NUMBER, Json
 

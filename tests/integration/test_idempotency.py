@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
-from dispatchd.errors import StoreUnavailable
-from dispatchd.store import SavedResponse
+from dispatchd.domain.errors import StoreUnavailable
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import SavedResponse
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import INVALID_NUMBER, NUMBER
 

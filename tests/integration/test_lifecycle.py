@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from dispatchd import logs
-from dispatchd.bench import Process, free_port, wait_http
 from dispatchd.daemon import Daemon
+from dispatchd.devtools.bench import Process, free_port, wait_http
 from tests.conftest import DaemonFactory, wait_for
 
 SEND = {"to_number": "+17034573322", "message": "lifecycle"}

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd import live as dispatchd_live
 from dispatchd.client import Client, SendItem
 from dispatchd.daemon import Daemon
+from dispatchd.http import live as dispatchd_live
 from tests.conftest import wait_for
 from tests.helpers import NUMBER, UNKNOWN, hold
 

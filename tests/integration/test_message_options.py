@@ -13,7 +13,7 @@ import pytest
 
 from dispatchd import config as config_mod
 from dispatchd.daemon import Daemon
-from dispatchd.errors import ConfigError
+from dispatchd.domain.errors import ConfigError
 from tests.conftest import DaemonFactory, wait_for
 from tests.helpers import NO_REPORTS, NUMBER, Json
 

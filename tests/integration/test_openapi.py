@@ -22,9 +22,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from dispatchd.daemon import Daemon
-from dispatchd.errors import StoreUnavailable
-from dispatchd.openapi import openapi_document
-from dispatchd.web import WebDeps, make_app
+from dispatchd.domain.errors import StoreUnavailable
+from dispatchd.http.app import WebDeps, make_app
+from dispatchd.http.openapi import openapi_document
 from tests.conftest import DaemonFactory, wait_for
 
 DOC_URI = "urn:dispatchd:openapi"

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd import store as store_mod
 from dispatchd.daemon import Daemon
-from dispatchd.ids import IdGenerator
-from dispatchd.models import ErrorCode, Status
-from dispatchd.store import Store
+from dispatchd.domain.ids import IdGenerator
+from dispatchd.domain.models import ErrorCode, Status
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import Store
 from tests.conftest import DaemonFactory, wait_for
 from tests.helpers import NOW, queued_message
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dispatchd.config import SimulatorConfig
-from dispatchd.simulator import CALLBACKS, SimulatorState, make_simulator_app
+from dispatchd.devtools.simulator import CALLBACKS, SimulatorState, make_simulator_app
 from tests.conftest import wait_for
 from tests.helpers import Json
 

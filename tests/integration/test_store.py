@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatchd import store as store_mod
-from dispatchd.errors import StoreError, StoreLocked
-from dispatchd.ids import IdGenerator
-from dispatchd.models import Message, Status
-from dispatchd.store import Store
+from dispatchd.domain.errors import StoreError, StoreLocked
+from dispatchd.domain.ids import IdGenerator
+from dispatchd.domain.models import Message, Status
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import Store
 from tests.helpers import NOW, NUMBER, queued_message
 
 

@@ -19,13 +19,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dispatchd import store as store_mod
-from dispatchd.errors import ConfigError
-from dispatchd.models import Message
-from dispatchd.openapi import openapi_document
-from dispatchd.retry import RetryPolicy
-from dispatchd.store import Store
-from dispatchd.store.webhooks import PROMOTE_NEXT_WEBHOOK
+from dispatchd.domain.errors import ConfigError
+from dispatchd.domain.models import Message
+from dispatchd.domain.retry import RetryPolicy
+from dispatchd.http.openapi import openapi_document
+from dispatchd.store import sqlite as store_mod
+from dispatchd.store.sqlite import Store
+from dispatchd.store.sqlite.webhooks import PROMOTE_NEXT_WEBHOOK
 from dispatchd.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, Sender, SenderSettings, verify
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import NOW, NUMBER, Json, queued_message

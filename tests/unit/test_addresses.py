@@ -8,8 +8,8 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import ValidationError
 
-from dispatchd.addresses import literal_address, private_literal
 from dispatchd.config import WebhooksConfig
+from dispatchd.domain.addresses import literal_address, private_literal
 from dispatchd.webhooks import PrivateAddressRefused, PublicResolver
 
 PRIVATE = [

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from dispatchd import config as config_mod
-from dispatchd.auth import (
+from dispatchd.config import ApiConfig
+from dispatchd.domain.errors import ConfigError
+from dispatchd.http.auth import (
     KeyRing,
     Verdict,
     check_exposure,
@@ -18,8 +20,6 @@ from dispatchd.auth import (
     load_keys,
     parse_key,
 )
-from dispatchd.config import ApiConfig
-from dispatchd.errors import ConfigError
 
 KEY = "k-3f9a1c2e"
 
@@ -136,7 +136,7 @@ def test_no_keys_is_refused_beyond_loopback_and_warned_about_on_it(
 ) -> None:
     with pytest.raises(ConfigError, match=r"^api\.keys: no API keys"):
         check_exposure(KeyRing([]), "0.0.0.0")
-    with caplog.at_level(logging.INFO, logger="dispatchd.auth"):
+    with caplog.at_level(logging.INFO, logger="dispatchd.http.auth"):
         check_exposure(KeyRing([]), "127.0.0.1")
         check_exposure(KeyRing([parse_key(KEY, "x")]), "0.0.0.0")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatchd.breaker import Breaker, BreakerSettings, BreakerState
 from dispatchd.config import BreakerConfig, load
-from dispatchd.errors import ConfigError
+from dispatchd.domain.breaker import Breaker, BreakerSettings, BreakerState
+from dispatchd.domain.errors import ConfigError
 
 SETTINGS = BreakerSettings(
     failure_threshold=3,

@@ -11,7 +11,7 @@ import pytest
 
 from dispatchd.cli import EXIT_CONFIG
 from dispatchd.config import Config, load
-from dispatchd.errors import ConfigError
+from dispatchd.domain.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

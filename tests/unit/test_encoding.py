@@ -1,10 +1,10 @@
-"""Unit tests for dispatchd.encoding."""
+"""Unit tests for dispatchd.domain.encoding."""
 
 from __future__ import annotations
 
 import pytest
 
-from dispatchd.encoding import GSM7_BASIC, GSM7_EXTENSION, Encoding, Segmentation, segment
+from dispatchd.domain.encoding import GSM7_BASIC, GSM7_EXTENSION, Encoding, Segmentation, segment
 
 GSM = Encoding.GSM7
 UCS = Encoding.UCS2

@@ -1,10 +1,10 @@
-"""Unit tests for dispatchd.numbers."""
+"""Unit tests for dispatchd.domain.numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from dispatchd.numbers import NumberError, to_e164, valid_region
+from dispatchd.domain.numbers import NumberError, to_e164, valid_region
 
 
 def _fullwidth(text: str) -> str:

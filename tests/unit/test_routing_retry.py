@@ -1,4 +1,4 @@
-"""Unit tests for dispatchd.routing (weighted pick + failover) and dispatchd.retry (backoff)."""
+"""Unit tests for domain.routing (weighted pick + failover) and domain.retry (backoff)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from dispatchd import retry, routing
-from dispatchd.models import ErrorCode
-from dispatchd.routing import Candidate
+from dispatchd.domain import retry, routing
+from dispatchd.domain.models import ErrorCode
+from dispatchd.domain.routing import Candidate
 
 P1_P2 = [Candidate("provider1", 30), Candidate("provider2", 70)]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dispatchd.config import WebhooksConfig
-from dispatchd.retry import RetryAt, RetryPolicy
+from dispatchd.domain.retry import RetryAt, RetryPolicy
 from dispatchd.webhooks import (
     Delivered,
     GiveUp,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatchd.encoding import GSM7_ALL, Encoding, segment, smart_encode
+from dispatchd.domain.encoding import GSM7_ALL, Encoding, segment, smart_encode
 
 # What a phone or word processor makes of `"Don't" - wait...` plus a no-break space.
 CURLY = "\u201cDon\u2019t\u201d \u2014 wait\u2026\u00a0ok"

@@ -1,0 +1,1 @@
+"""The operator control socket and the protocol it shares with the console."""

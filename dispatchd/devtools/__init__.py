@@ -1,0 +1,1 @@
+"""Tools for developers: the provider simulator and the benchmark."""
