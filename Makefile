@@ -1,11 +1,11 @@
-# The two commands a newcomer needs: `make run` and `make test`.
+# The two commands a newcomer needs: `make run` and `make test` (`make unit`: the fast tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test unit lint imports typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,23 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check dispatchd tests
 	$(BIN)/ruff format --check dispatchd tests
 
+# Layering as a test: the import-linter contracts in pyproject.toml ([tool.importlinter]).
+imports: $(TEST_STAMP)
+	$(BIN)/lint-imports --no-cache
+
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 pytest: $(TEST_STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The fast tests, for the edit-test loop: everything but the `slow` marker (daemon
+# processes, crash, chaos, fuzz, bench, Textual). `make test` runs them all. The fuzz
+# tests' plugins (schemathesis, hypothesis) only cost start-up time here.
+unit: $(TEST_STAMP)
+	$(BIN)/pytest -m "not slow" -p no:schemathesis -p no:hypothesispytest
+
+test: lint imports typecheck pytest
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

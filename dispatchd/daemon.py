@@ -1,4 +1,13 @@
-"""The composition root: builds every part once, wires them, runs until told to stop."""
+"""The composition root: `build` makes every part once and wires it; `serve` runs the daemon.
+
+`build` opens the store and the HTTP sessions and constructs every component, passing each
+its dependencies; nothing is optional afterwards. `Daemon.start` binds the control socket
+and the API and starts the background loops under one supervisor. Everything acquired is
+released in reverse order by one exit stack (`Daemon.stop`): the API stops accepting, the
+worker and the webhook sender finish in-flight work within the grace, the control socket
+closes, then the sessions, then the store. Tests build the same daemon and may drive its
+worker by hand instead of starting it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,9 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -32,148 +43,71 @@ from dispatchd.http.watch import Watchers
 from dispatchd.metrics import Metrics
 from dispatchd.providers import ProviderClient
 from dispatchd.service import Service
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import QueueStats, Store
+from dispatchd.store.api import QueueStats, Store
+from dispatchd.store.sqlite import SqliteStore
 from dispatchd.systemd import Notifier
+from dispatchd.tasks import Supervisor
 from dispatchd.webhooks import Sender, SenderSettings, make_session, restart_only_changes
 from dispatchd.worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
+STORE_PROBE_INTERVAL = 1.0
 
 
+@dataclass(eq=False)
 class Daemon:
-    """One running dispatchd: store, service, worker and HTTP server."""
+    """One dispatchd: every component, built once by `build`."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        simulator_state: SimulatorState | None = None,
-    ) -> None:
-        self.config = config
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self.simulator = simulator_state or SimulatorState(config.simulator)
-        self.events = EventBus(clock=clock)
-        # Live-status watchers (SSE, long polls): woken by every event naming a message.
-        self.watchers = Watchers()
-        self.events.add_listener(self.watchers.on_event)
-        self.health = HealthRegistry(
-            config.providers, clock=clock, breaker=config.breaker_settings()
-        )
-        self.metrics = Metrics(
-            stats=self._queue_stats, breakers=self.health.breaker_states, clock=clock
-        )
-        self.health.add_observer(self.metrics.observe_call)
-        self.idempotency: Idempotency | None = None
-        self._purge_task: asyncio.Task[None] | None = None
-        self.control: ControlServer | None = None
-        self.store: Store | None = None
-        self.service: Service | None = None
-        self.worker: Worker | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._worker_task: asyncio.Task[None] | None = None
-        # Status callbacks: their own session and task, so client endpoints never slow delivery.
-        self.webhooks: Sender | None = None
-        self._webhook_session: aiohttp.ClientSession | None = None
-        self._webhook_task: asyncio.Task[None] | None = None
-        self._store_watch: asyncio.Task[None] | None = None
-        self.port: int | None = None
-        self.failed = asyncio.Event()
-        self._stopped = False
+    config: Config
+    clock: Callable[[], float]
+    store: Store
+    events: EventBus
+    health: HealthRegistry
+    service: Service
+    worker: Worker
+    webhooks: Sender
+    watchers: Watchers
+    metrics: Metrics
+    idempotency: Idempotency
+    control: ControlServer
+    runner: web.AppRunner
+    simulator: SimulatorState
+    supervisor: Supervisor
+    # What `stop` releases, in reverse order of acquisition.
+    resources: AsyncExitStack
+    _grace: float = field(default=SHUTDOWN_GRACE, init=False)
+    _stopped: bool = field(default=False, init=False)
+
+    @property
+    def port(self) -> int:
+        """The API's port (once started; useful when the config asks for port 0)."""
+        address = self.runner.addresses[0]
+        return int(address[1])
+
+    @property
+    def failed(self) -> bool:
+        """A background task died: the daemon must exit non-zero."""
+        return self.supervisor.failed.is_set()
 
     async def start(self) -> None:
-        """Open the store, recover orphaned work, bind the listener, start delivering."""
+        """Serve the control socket and the API, then start the background loops."""
         cfg = self.config
-        # Before anything is opened: a refused config leaves nothing to clean up.
-        keys = auth.load_keys(cfg.api)
-        auth.check_exposure(keys, cfg.server.host)
-        store = self.store = await Store.open(
-            cfg.storage.path, ordered=cfg.delivery.ordering == "per_recipient"
-        )
-        recovered = await store.release_all_leases(self._clock())
-        if recovered:
-            logger.info("event=recovered_after_restart count=%d", recovered)
-        secret = await store.ensure_secret(secrets.token_hex(32))
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=cfg.delivery.concurrency, limit_per_host=0),
-        )
-        worker_ref: list[Worker] = []
-        service = self.service = Service(
-            store,
-            cfg.delivery,
-            public_url=cfg.server.public_url,
-            secret=secret,
-            suppressed=await store.suppressed_numbers(),
-            on_new_work=lambda: worker_ref[0].wake(),
-            clock=self._clock,
-            events=self.events,
-            webhooks=cfg.webhooks,
-        )
-        d = cfg.delivery
-        worker = self.worker = Worker(
-            store,
-            ProviderClient(self._session, self._clock),
-            cfg.providers,
-            WorkerSettings(
-                concurrency=d.concurrency,
-                lease=d.lease,
-                policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
-            ),
-            callback_url=service.callback_url,
-            is_suppressed=service.is_suppressed,
-            clock=self._clock,
-            rng=self._rng,
-            health=self.health,
-            events=self.events,
-            on_moved=self._status_moved,
-        )
-        worker_ref.append(worker)
-        control_deps = ControlDeps(
-            service,
-            self.health,
-            self.events,
-            worker.wake,
-            d.default_region,
-            clock=self._clock,
-            started_at=self._clock(),
-            instance=secrets.token_hex(6),
-        )
-        self.control = ControlServer(make_control_app(control_deps), cfg.control_socket)
+        stack = self.resources
         await self.control.start()
-        idempotency = self.idempotency = Idempotency(
-            store, ttl=cfg.api.idempotency_ttl, clock=self._clock
-        )
-        app = make_app(
-            WebDeps(
-                service,
-                d.default_region,
-                self._not_ready_reason,
-                watchers=self.watchers,
-                keys=keys,
-                idempotency=idempotency,
-                metrics=self.metrics,
-                metrics_auth=cfg.api.metrics_auth,
-            )
-        )
-        if cfg.simulator.enabled:
-            app.add_subapp("/simulator/", make_simulator_app(self.simulator))
-        self._runner = make_runner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        self._store_watch = asyncio.create_task(self.watch_store(), name="store-watch")
-        self._purge_task = asyncio.create_task(idempotency.purge_loop(), name="idempotency-purge")
-        self._purge_task.add_done_callback(self._purge_ended)
-        self._worker_task = asyncio.create_task(worker.run(), name="worker")
-        self._worker_task.add_done_callback(self._worker_ended)
-        self._start_webhooks(store)
+        stack.push_async_callback(self.control.stop)
+        # Pushed before the API: on stop the API closes first, then the loops end.
+        stack.push_async_callback(self._stop_tasks)
+        await self.runner.setup()
+        stack.push_async_callback(self.runner.cleanup)
+        await web.TCPSite(self.runner, cfg.server.host, cfg.server.port).start()
+        # Started once the API listens: the simulator, when on, is served by it.
+        spawn = self.supervisor.spawn
+        spawn("worker", self.worker.run())
+        spawn("webhooks", self.webhooks.run())
+        spawn("idempotency-purge", self.idempotency.purge_loop())
+        spawn("store-watch", watch_store(self.store))
         logger.info(
             "event=started host=%s port=%d db=%s control=%s providers=%s simulator=%s",
             cfg.server.host,
@@ -184,65 +118,30 @@ class Daemon:
             cfg.simulator.enabled,
         )
 
-    def _status_moved(self, ids: Sequence[str]) -> None:
-        """The worker moved messages between statuses without an event (claims, silent
-        requeues): wake their watchers, and the callback sender, as an event would."""
-        self.watchers.wake_many(ids)
-        if self.webhooks is not None:
-            self.webhooks.wake()
-
-    def _start_webhooks(self, store: Store) -> None:
-        """Start the status-callback sender; pending callbacks from before a restart go first."""
-        settings = SenderSettings.from_config(self.config.webhooks)
-        # Its resolver refuses private addresses unless webhooks.allow_private_addresses.
-        self._webhook_session = make_session(self.config.webhooks)
-        sender = self.webhooks = Sender(
-            store,
-            self._webhook_session,
-            settings,
-            clock=self._clock,
-            rng=self._rng,
-            events=self.events,
-        )
-        self._webhook_task = asyncio.create_task(sender.run(), name="webhooks")
-        self._webhook_task.add_done_callback(self._webhooks_ended)
-
-    def _webhooks_ended(self, task: asyncio.Task[None]) -> None:
-        # Like the worker: it only returns when stopped; otherwise callbacks are dead.
-        if task.cancelled() or self.webhooks is None or self.webhooks.stopping:
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, finish in-flight work (up to `grace`), release everything."""
+        if self._stopped:
             return
-        logger.error("event=webhooks_died error=%r", task.exception())
-        self.failed.set()
+        self._stopped = True
+        self._grace = grace
+        await self.resources.aclose()
+        logger.info("event=stopped")
 
-    def _purge_ended(self, task: asyncio.Task[None]) -> None:
-        # It loops until cancelled (storage errors are retried): anything else is a bug.
-        if not task.cancelled():
-            logger.error("event=idempotency_purge_died error=%r", task.exception())
-            self.failed.set()
-
-    async def _queue_stats(self) -> QueueStats:
-        if self.store is None or self.store.closed:
-            raise StoreUnavailable("the store is not open")
-        return await store_mod.queue_stats(self.store)
-
-    def _worker_ended(self, task: asyncio.Task[None]) -> None:
-        # The worker only returns when stopped; anything else means delivery is dead.
-        if task.cancelled() or self.worker is None or self.worker.stopping:
-            return
-        logger.error("event=worker_died error=%r", task.exception())
-        self.failed.set()
+    async def _stop_tasks(self) -> None:
+        self.supervisor.stopping()
+        # Callbacks finish (or stay pending for the next start) alongside the deliveries.
+        webhooks = asyncio.create_task(self.webhooks.stop(self._grace), name="webhooks-stop")
+        cut = await self.worker.stop(self._grace)
+        if cut:
+            # Released now, so a restart (or another process) need not wait for the lease.
+            with contextlib.suppress(StoreError):
+                await self.store.release(cut, self.clock(), "released at shutdown")
+        await webhooks
+        await self.supervisor.stop()
 
     def healthy(self) -> bool:
         """Whether systemd's watchdog should be fed: delivery is alive."""
-        return self.worker is not None and self.worker.running
-
-    def _not_ready_reason(self) -> str | None:
-        if self.store is None or not self.store.healthy:
-            last = self.store.last_error if self.store else None
-            return f"The message store cannot take writes ({last})."
-        if self.worker is None or not self.worker.running:
-            return "The delivery worker is not running."
-        return None
+        return self.worker.running
 
     async def reload(self, new: Config) -> None:
         """Apply new provider weights, URLs, timeouts and breaker settings without a restart.
@@ -264,10 +163,8 @@ class Daemon:
         if changed:
             raise ConfigError(f"{', '.join(changed)}: changing these needs a restart")
         self.health.reconfigure(new.providers, new.breaker_settings())
-        if self.worker is not None:
-            self.worker.update_providers(new.providers)
-        if self.webhooks is not None:
-            self.webhooks.update(new.webhooks)
+        self.worker.update_providers(new.providers)
+        self.webhooks.update(new.webhooks)
         self.config = new
         logger.info(
             "event=config_reloaded providers=%s",
@@ -276,72 +173,200 @@ class Daemon:
 
     def status_line(self) -> str:
         """A short live summary for systemd's STATUS=."""
-        if self.store is not None and not self.store.healthy:
+        if not self.store.healthy:
             return "degraded: the database cannot take writes"
-        in_flight = self.worker.in_flight if self.worker else 0
         open_circuits = [
             p["name"] for p in self.health.snapshot() if p["state"] in ("circuit_open", "paused")
         ]
-        text = f"ready; {in_flight} deliveries in flight"
+        text = f"ready; {self.worker.in_flight} deliveries in flight"
         if open_circuits:
             text += f"; not routing to {', '.join(open_circuits)}"
         return text
 
-    async def watch_store(self, interval: float = 1.0) -> None:
-        """While the database refuses writes, probe it so it recovers without traffic."""
-        while True:
-            await asyncio.sleep(interval)
-            if self.store is not None and not self.store.healthy and not self.store.closed:
-                await self.store.probe()
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting, finish in-flight deliveries (up to `grace`), close the store."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._store_watch is not None:
-            self._store_watch.cancel()
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-        # Callbacks finish (or stay pending for the next start) alongside the deliveries.
-        webhooks_stopped = asyncio.create_task(self._stop_webhooks(grace), name="webhooks-stop")
-        if self.worker is not None:
-            abandoned = await self.worker.stop(grace)
-            if abandoned and self.store is not None:
-                # Released now, so a restart (or another host) need not wait for the lease.
-                with contextlib.suppress(StoreError):
-                    await self.store.release(abandoned, self._clock(), "released at shutdown")
-        if self._worker_task is not None:
-            await asyncio.gather(self._worker_task, return_exceptions=True)
-        await webhooks_stopped
-        if self.control is not None:
-            await self.control.stop()
-        if self._session is not None:
-            await self._session.close()
-        if self.store is not None:
-            await self.store.close()
-        logger.info("event=stopped")
+async def build(
+    config: Config,
+    clock: Callable[[], float],
+    rng: random.Random,
+    *,
+    store: Store | None = None,
+    simulator: SimulatorState | None = None,
+) -> Daemon:
+    """Open the store and sessions and construct every part of the daemon, not yet started.
 
-    async def _stop_webhooks(self, grace: float) -> None:
-        if self.webhooks is not None:
-            await self.webhooks.stop(grace)
-        if self._webhook_task is not None:
-            await asyncio.gather(self._webhook_task, return_exceptions=True)
-        if self._webhook_session is not None:
-            await self._webhook_session.close()
+    `store`, when given, is used (and closed with the daemon) instead of opening the
+    configured database. Call `stop` on the result, started or not, to release it all.
+    """
+    stack = AsyncExitStack()
+    if store is not None:
+        stack.push_async_callback(store.close)
+    try:
+        # Before anything is opened: a refused config leaves nothing to clean up.
+        keys = auth.load_keys(config.api)
+        auth.check_exposure(keys, config.server.host)
+        if store is None:
+            store = await open_store(config, clock)
+            stack.push_async_callback(store.close)
+        return await _assemble(config, clock, rng, store, simulator, keys, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def open_store(config: Config, clock: Callable[[], float]) -> Store:
+    """The configured database; it requeues what a previous process left `sending`."""
+    ordered = config.delivery.ordering == "per_recipient"
+    return await SqliteStore.open(config.storage.path, ordered=ordered, clock=clock)
+
+
+async def _assemble(
+    cfg: Config,
+    clock: Callable[[], float],
+    rng: random.Random,
+    store: Store,
+    simulator: SimulatorState | None,
+    keys: auth.KeyRing,
+    stack: AsyncExitStack,
+) -> Daemon:
+    d = cfg.delivery
+    secret = await store.ensure_secret(secrets.token_hex(32))
+    provider_session = await stack.enter_async_context(
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=d.concurrency, limit_per_host=0),
+        )
+    )
+    # Callbacks get a session of their own, so client endpoints never slow delivery; its
+    # resolver refuses private addresses unless webhooks.allow_private_addresses.
+    webhook_session = await stack.enter_async_context(make_session(cfg.webhooks))
+
+    events = EventBus(clock=clock)
+    # Live-status watchers (SSE, long polls): woken by every event naming a message.
+    watchers = Watchers()
+    events.add_listener(watchers.on_event)
+    health = HealthRegistry(cfg.providers, clock=clock, breaker=cfg.breaker_settings())
+
+    async def queue_stats() -> QueueStats:
+        if store.closed:
+            raise StoreUnavailable("the store is not open")
+        return await store.queue_stats()
+
+    metrics = Metrics(stats=queue_stats, breakers=health.breaker_states, clock=clock)
+    health.add_observer(metrics.observe_call)
+    service = Service(
+        store,
+        d,
+        cfg.webhooks,
+        public_url=cfg.server.public_url,
+        secret=secret,
+        suppressed=await store.suppressed_numbers(),
+        events=events,
+        clock=clock,
+    )
+    worker = Worker(
+        store,
+        ProviderClient(provider_session, clock),
+        cfg.providers,
+        WorkerSettings(
+            concurrency=d.concurrency,
+            lease=d.lease,
+            policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
+        ),
+        callback_url=service.callback_url,
+        is_suppressed=service.is_suppressed,
+        clock=clock,
+        rng=rng,
+        health=health,
+        events=events,
+    )
+    webhooks = Sender(
+        store,
+        webhook_session,
+        SenderSettings.from_config(cfg.webhooks),
+        clock=clock,
+        rng=rng,
+        events=events,
+    )
+    control = ControlServer(
+        make_control_app(
+            ControlDeps(
+                service=service,
+                health=health,
+                bus=events,
+                default_region=d.default_region,
+                clock=clock,
+                started_at=clock(),
+                instance=secrets.token_hex(6),
+            )
+        ),
+        cfg.control_socket,
+    )
+    idempotency = Idempotency(store, ttl=cfg.api.idempotency_ttl, clock=clock)
+    simulator = simulator or SimulatorState(cfg.simulator)
+    app = make_app(
+        WebDeps(
+            service,
+            d.default_region,
+            lambda: not_ready_reason(store, worker),
+            watchers=watchers,
+            idempotency=idempotency,
+            keys=keys,
+            metrics=metrics,
+            metrics_auth=cfg.api.metrics_auth,
+        )
+    )
+    if cfg.simulator.enabled:
+        app.add_subapp("/simulator/", make_simulator_app(simulator))
+    return Daemon(
+        config=cfg,
+        clock=clock,
+        store=store,
+        events=events,
+        health=health,
+        service=service,
+        worker=worker,
+        webhooks=webhooks,
+        watchers=watchers,
+        metrics=metrics,
+        idempotency=idempotency,
+        control=control,
+        runner=make_runner(app),
+        simulator=simulator,
+        supervisor=Supervisor(),
+        resources=stack,
+    )
+
+
+def not_ready_reason(store: Store, worker: Worker) -> str | None:
+    """Why `/readyz` says no, or None when the daemon is ready."""
+    if not store.healthy:
+        return f"The message store cannot take writes ({store.last_error})."
+    if not worker.running:
+        return "The delivery worker is not running."
+    return None
+
+
+async def watch_store(store: Store, interval: float = STORE_PROBE_INTERVAL) -> None:
+    """While the database refuses writes, probe it so it recovers without traffic."""
+    while True:
+        await asyncio.sleep(interval)
+        if not store.healthy and not store.closed:
+            with contextlib.suppress(StoreError):
+                await store.probe()
 
 
 async def serve(config: Config, config_path: Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a fatal internal error (exit 1).
+    """Run until SIGTERM/SIGINT (exit 0) or a background task dies (exit 1).
 
     A second SIGTERM/SIGINT exits at once: SQLite's WAL keeps the store consistent
     and the next start requeues whatever was in flight. SIGHUP reloads the config.
     """
     notifier = Notifier()
-    daemon = Daemon(config)
-    await daemon.start()
+    daemon = await build(config, time.time, random.Random())
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.stop(grace=0)
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -352,24 +377,33 @@ async def serve(config: Config, config_path: Path | None = None) -> int:
         logger.info("event=stopping signal=%s", sig.name)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
         loop.add_signal_handler(sig, on_stop_signal, sig)
     if config_path is not None:
+        signals.append(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, config_path))
-    background = [
-        asyncio.create_task(
-            notifier.watchdog(daemon.status_line, daemon.healthy), name="systemd-watchdog"
-        ),
-    ]
-    notifier.ready(daemon.status_line())
-    stopped = asyncio.create_task(stop.wait(), name="wait-signal")
-    failed = asyncio.create_task(daemon.failed.wait(), name="wait-failure")
-    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-    for task in (stopped, failed, *background):
-        task.cancel()
-    notifier.stopping()
-    await daemon.stop(grace=daemon.config.server.shutdown_grace)
-    return 1 if daemon.failed.is_set() else 0
+    try:
+        daemon.supervisor.spawn(
+            "systemd-watchdog", notifier.watchdog(daemon.status_line, daemon.healthy)
+        )
+        notifier.ready(daemon.status_line())
+        waits = [
+            asyncio.create_task(stop.wait(), name="wait-signal"),
+            asyncio.create_task(daemon.supervisor.failed.wait(), name="wait-failure"),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        notifier.stopping()
+        await daemon.stop(grace=daemon.config.server.shutdown_grace)
+    finally:
+        # A second signal during the stop above still exits at once.
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return 1 if daemon.failed else 0
 
 
 def _reload(daemon: Daemon, path: Path) -> None:

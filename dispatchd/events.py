@@ -1,5 +1,10 @@
 """In-process event bus: the daemon publishes what happens, control-socket subscribers read it.
 
+It is also the daemon's one wake-up mechanism: listeners (the worker, the webhook sender,
+live-status watchers) are called synchronously with every event and wake on the ones that
+concern them. Status moves too frequent or too internal for a console (a claim, a silent
+requeue) are published `local`: listeners get them, subscribers and `recent()` do not.
+
 `publish` never awaits and costs O(1): it appends to a ring buffer of recent
 events, bumps a per-type counter, and offers the event to each subscriber's
 bounded queue. A subscriber that falls behind loses events (counted per
@@ -45,6 +50,16 @@ class Event:
     type: str
     payload: Mapping[str, Any]
     _text: str | None = field(default=None, repr=False, compare=False)
+
+    def message_ids(self) -> list[str]:
+        """The messages the event is about: its `id`, or its `ids` for a batch (claims)."""
+        one = self.payload.get("id")
+        if isinstance(one, str):
+            return [one]
+        many = self.payload.get("ids")
+        if isinstance(many, list | tuple):
+            return [i for i in many if isinstance(i, str)]
+        return []
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at, "type": self.type, "payload": dict(self.payload)}
@@ -102,8 +117,16 @@ class EventBus:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, type: str, payload: Mapping[str, Any], *, keep: bool = True) -> None:
-        """Hand an event to every subscriber; `keep=False` leaves it out of `recent()`."""
+    def publish(
+        self, type: str, payload: Mapping[str, Any], *, keep: bool = True, local: bool = False
+    ) -> None:
+        """Hand an event to every subscriber and listener; `keep=False` leaves it out of
+        `recent()`, and `local=True` gives it to listeners only (unnumbered, uncounted)."""
+        if local:
+            event = Event(self._seq, self._clock(), type, payload)
+            for listener in self._listeners:
+                listener(event)
+            return
         self._seq += 1
         event = Event(self._seq, self._clock(), type, payload)
         if keep:

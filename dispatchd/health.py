@@ -10,7 +10,7 @@ every surviving provider's run-time state.
 Call outcomes are kept in one bucket per second for the last `window` seconds,
 each with a bounded sample of latencies, so recording a call is O(1) and a
 snapshot costs the same at 10 or 10,000 calls a second. Each provider's
-breaker (dispatchd/breaker.py) keeps its own running counts, also O(1) a call.
+breaker (dispatchd/domain/breaker.py) keeps its own running counts, also O(1) a call.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -243,7 +242,7 @@ class HealthRegistry:
         self,
         providers: Sequence[ProviderConfig],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float],
         breaker: BreakerSettings | None = None,
         window: float = 60.0,
         degraded_below: float = 0.8,
@@ -410,34 +409,6 @@ class HealthRegistry:
         transitions = provider.breaker.record(
             now, ok=transport_ok, latency_ms=latency_ms, probe=permit.probe
         )
-        return self._changed(provider, transitions) if transitions else []
-
-    def call_started(self, name: str) -> None:
-        if name in self._providers:
-            self._providers[name].in_flight += 1
-
-    def call_ended(self, name: str) -> None:
-        if name in self._providers:
-            self._providers[name].in_flight -= 1
-
-    def record(
-        self,
-        name: str,
-        *,
-        ok: bool,
-        latency_ms: float,
-        error: str | None,
-        transport_ok: bool | None = None,
-    ) -> list[HealthChange]:
-        """Count one call's outcome made without a permit (see `finish`)."""
-        provider = self._providers.get(name)
-        if provider is None:
-            return []
-        now = self._clock()
-        provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
-        transport = ok if transport_ok is None else transport_ok
-        self._observe(name, ok=ok, transport_ok=transport, latency_ms=latency_ms)
-        transitions = provider.breaker.record(now, ok=transport, latency_ms=latency_ms, probe=False)
         return self._changed(provider, transitions) if transitions else []
 
     def _changed(

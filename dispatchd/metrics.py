@@ -34,7 +34,7 @@ from prometheus_client import (
 
 from dispatchd.domain.breaker import BreakerState
 from dispatchd.domain.models import Status
-from dispatchd.store.sqlite import QueueStats
+from dispatchd.store.api import QueueStats
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Status callbacks: POST every status change to the client's URL, signed, from the outbox.
 
-The store's triggers queue one row per status change in the same transaction as the change,
-so none is lost. The sender here reads due rows (only the oldest pending one of each message
+The store queues one row per status change in the same transaction as the change, so none
+is lost. The sender here reads due rows (only the oldest pending one of each message
 has a due time, so a message's callbacks arrive in order), POSTs them with its own HTTP
 session and its own concurrency limit (a slow receiver never holds up provider traffic), and
 records each outcome on the row. Delivery is at least once: a crash between a receiver's 2xx
@@ -22,7 +22,6 @@ import importlib.metadata
 import logging
 import random
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -36,21 +35,16 @@ from dispatchd.domain import retry
 from dispatchd.domain.addresses import is_private, literal_address, private_literal
 from dispatchd.domain.errors import StoreError
 from dispatchd.events import Event, EventBus
-from dispatchd.store.sqlite import (
-    DueWebhook,
-    Store,
-    due_webhooks,
-    next_webhook_retry,
-    settle_webhook,
-)
+from dispatchd.store.api import DueWebhook, Store
+from dispatchd.tasks import TaskPool
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Dispatchd-Signature"
 EVENT_ID_HEADER = "Dispatchd-Event-Id"
 SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept between `t` and its clock
-# A fallback: status changes wake the sender (bus events, and the worker's claims through
-# the daemon); this poll only bounds the delay should some change ever do neither.
+# A fallback: status changes wake the sender (every bus event naming a message, the
+# worker's local-only claims included); this poll only bounds the delay should one not.
 POLL_INTERVAL = 1.0
 # Read per try, so a reload may change them; the rest of [webhooks] needs a restart.
 LIVE_KEYS = frozenset({"timeout", "max_attempts", "backoff_initial", "backoff_max"})
@@ -211,43 +205,39 @@ class Sender:
         session: aiohttp.ClientSession,
         settings: SenderSettings,
         *,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        events: EventBus | None = None,
+        clock: Callable[[], float],
+        rng: random.Random,
+        events: EventBus,
     ) -> None:
         self._store = store
         self._session = session
         self._settings = settings
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._events = events or EventBus(clock=clock)
+        self._rng = rng
+        self._events = events
         self._user_agent = user_agent()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: dict[int, asyncio.Task[None]] = {}  # in flight, by webhook row id
+        # A send ending frees a slot, and makes its message's next callback eligible.
+        self._pool: TaskPool[DueWebhook] = TaskPool(
+            "webhook", settings.concurrency, on_done=self._wake.set
+        )
         self._run_ended = asyncio.Event()
         # Rows whose outcome could not be recorded (store down, a bug): still due in the
         # database, so held back here until this time instead of being re-sent in a loop.
         self._held: dict[int, float] = {}
         self.running = False
-        self._events.add_listener(self._on_event)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
+        events.add_listener(self._on_event)
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._pool)
 
     def _on_event(self, event: Event) -> None:
-        # Any status change may have queued a callback; our own outcomes queue none.
-        if not event.type.startswith("webhook_"):
+        # A change of a message's status may have queued a callback; our own outcomes and
+        # the console's coalesced stats name no status change.
+        if not event.type.startswith("webhook_") and event.message_ids():
             self._wake.set()
-
-    def wake(self) -> None:
-        """Look for due callbacks now."""
-        self._wake.set()
 
     def update(self, cfg: WebhooksConfig) -> None:
         """Apply reloaded timeout, attempts and backoff from the next try on."""
@@ -262,7 +252,7 @@ class Sender:
                 # Cleared before reading so a status change during the read is not missed.
                 self._wake.clear()
                 now = self._clock()
-                free = self._settings.concurrency - len(self._tasks)
+                free = self._pool.free
                 due = await self._due(now, free) if free > 0 else []
                 if self._stopping.is_set():
                     break  # stop() is collecting the tasks: start no more
@@ -277,8 +267,9 @@ class Sender:
 
     async def _due(self, now: float, limit: int) -> list[DueWebhook]:
         self._held = {i: until for i, until in self._held.items() if until > now}
+        in_flight = [row.id for row in self._pool.items()]
         try:
-            return await due_webhooks(self._store, now, limit, [*self._tasks, *self._held])
+            return await self._store.due_webhooks(now, limit, [*in_flight, *self._held])
         except StoreError as exc:
             logger.warning("event=webhook_read_failed error=%r", exc.message)
             return []
@@ -288,7 +279,7 @@ class Sender:
         timeout = POLL_INTERVAL
         try:
             # Asked of the store, not remembered, so retries set before a restart are on time.
-            due = await next_webhook_retry(self._store, read_at)
+            due = await self._store.next_webhook_retry(read_at)
         except StoreError:
             due = None
         if due is not None:
@@ -297,22 +288,17 @@ class Sender:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _start(self, row: DueWebhook) -> None:
-        task = asyncio.create_task(self._send_safely(row), name=f"webhook-{row.id}")
-        self._tasks[row.id] = task
-        task.add_done_callback(lambda t: self._finished(row.id, t))
-
-    def _finished(self, row_id: int, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(row_id, None)
-        self._wake.set()  # a slot is free, and the message's next callback may be eligible
+        self._pool.spawn(row, self._send_safely(row), name=f"webhook-{row.id}")
 
     async def drain(self) -> None:
-        """Send everything due now and wait for it (for tests)."""
+        """Send everything due now and wait for it (tests drive the sender this way)."""
         while True:
-            due = await self._due(self._clock(), self._settings.concurrency)
+            free = self._pool.free
+            due = await self._due(self._clock(), free) if free > 0 else []
             for row in due:
                 self._start(row)
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+            if self._pool:
+                await self._pool.wait()
             elif not due:
                 return
 
@@ -323,15 +309,10 @@ class Sender:
         if self.running:
             # Its read may be in progress; once it returns, the task list is final.
             await self._run_ended.wait()
-        if not self._tasks:
-            return 0
-        _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            logger.warning("event=webhooks_left_pending count=%d", len(pending))
-        return len(pending)
+        cut = await self._pool.stop(grace)
+        if cut:
+            logger.warning("event=webhooks_left_pending count=%d", len(cut))
+        return len(cut)
 
     async def _send_safely(self, row: DueWebhook) -> None:
         try:
@@ -368,8 +349,7 @@ class Sender:
         if isinstance(verdict, GiveUp):
             error = "; ".join(e for e in (answer.error, verdict.reason) if e)
         now = self._clock()
-        await settle_webhook(
-            self._store,
+        await self._store.settle_webhook(
             row.id,
             state=PENDING if isinstance(verdict, retry.RetryAt) else _final_state(verdict),
             next_attempt_at=verdict.at if isinstance(verdict, retry.RetryAt) else None,

@@ -1,4 +1,9 @@
-"""The delivery worker: claims due messages from the outbox and hands them to providers."""
+"""The delivery worker: claims due messages from the outbox and hands them to providers.
+
+It is woken by events on the bus (a message accepted or retried, a provider resumed or
+reweighted, a circuit half-opening or closing) and by its own deliveries ending; a timer
+only covers work due later (a retry's backoff, a `send_at`, a cooldown's end).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,15 +18,27 @@ from dispatchd.config import ProviderConfig
 from dispatchd.domain import retry, routing
 from dispatchd.domain.errors import ProviderUnavailable, StoreError
 from dispatchd.domain.models import Attempt, ErrorCode, Outcome, Status
-from dispatchd.events import EventBus
+from dispatchd.events import Event, EventBus
 from dispatchd.health import HealthChange, HealthRegistry, Permit, announce
 from dispatchd.providers import Accepted, CallResult, ProviderClient
-from dispatchd.store.sqlite import Claimed, Store
+from dispatchd.store.api import Claimed, Store
+from dispatchd.tasks import TaskPool
 
 logger = logging.getLogger(__name__)
 
 # Claims are batched to amortise the transaction; bigger batches only add latency.
 MAX_CLAIM = 256
+# Events that may make work claimable now: new messages, or more provider capacity.
+WAKE_EVENTS = frozenset(
+    {
+        "accepted",
+        "message_retried",
+        "provider_resumed",
+        "provider_weight",
+        "breaker_half_open",
+        "breaker_closed",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +49,7 @@ class WorkerSettings:
 
 
 class Worker:
-    """Drains the outbox: at most `concurrency` messages in flight, woken on new work."""
+    """Drains the outbox: at most `concurrency` messages in flight, woken by bus events."""
 
     def __init__(
         self,
@@ -44,53 +60,60 @@ class Worker:
         *,
         callback_url: Callable[[str], str],
         is_suppressed: Callable[[str], bool],
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        health: HealthRegistry | None = None,
-        events: EventBus | None = None,
-        on_moved: Callable[[Sequence[str]], None] | None = None,
+        clock: Callable[[], float],
+        rng: random.Random,
+        health: HealthRegistry,
+        events: EventBus,
     ) -> None:
         self._store = store
         self._client = client
         self._providers = {p.name: p for p in providers}
         # Routing reads candidates from here on every attempt, so operator changes apply at once.
-        self._health = health or HealthRegistry(providers, clock=clock)
-        self._events = events or EventBus(clock=clock)
-        # Told the ids of messages whose status changed without an event on the bus (claims,
-        # which are too frequent for the console's log), so live-status watchers still wake.
-        self._on_moved = on_moved or (lambda ids: None)
+        self._health = health
+        self._events = events
         self._settings = settings
         self._callback_url = callback_url
         self._is_suppressed = is_suppressed
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._run_ended = asyncio.Event()
+        # A delivery ending frees a slot: look for more work.
+        self._pool: TaskPool[Claimed] = TaskPool(
+            "delivery", settings.concurrency, on_done=self.wake
+        )
+        # Claimed by a read that returned after stop(): handed back with the cut-short ones.
+        self._unstarted: list[Claimed] = []
         self.running = False
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
+        events.add_listener(self._on_event)
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._pool)
 
     def wake(self) -> None:
-        """New work is due now: claim without waiting for the timer."""
+        """Work may be due now: claim without waiting for the timer."""
         self._wake.set()
+
+    def _on_event(self, event: Event) -> None:
+        if event.type in WAKE_EVENTS:
+            self._wake.set()
 
     async def run(self) -> None:
         """Claim and deliver until stopped."""
         self.running = True
+        self._run_ended.clear()
         try:
             while not self._stopping.is_set():
                 # Cleared before claiming so a wake during the claim is not lost.
                 self._wake.clear()
                 self._announce(self._health.tick())
-                free = self._settings.concurrency - len(self._tasks)
+                free = self._pool.free
                 claimed = await self._claim(free) if free > 0 else []
+                if self._stopping.is_set():
+                    self._unstarted += claimed  # stop() is collecting: start no more
+                    break
                 for item in claimed:
                     self._start(item)
                 if claimed:
@@ -104,6 +127,7 @@ class Worker:
                 await self._sleep_until_due(busy=free <= 0 or not self._health.routable())
         finally:
             self.running = False
+            self._run_ended.set()
 
     async def _claim(self, free: int) -> list[Claimed]:
         capacity = self._health.capacity()
@@ -112,12 +136,13 @@ class Worker:
         # With only half-open circuits, claim as many (oldest first) as there are probe slots.
         limit = min(free, MAX_CLAIM) if capacity is None else min(free, MAX_CLAIM, capacity)
         try:
-            claimed = await self._store.claim(self._clock(), limit, self._settings.lease)
+            claimed = await self._store.claim(limit, self._settings.lease)
         except StoreError as exc:
             logger.warning("event=claim_failed error=%r", exc.message)
             return []
         if claimed:
-            self._on_moved([item.id for item in claimed])
+            # queued -> sending: too frequent for consoles, but watchers and callbacks care.
+            self._events.publish("claimed", {"ids": [c.id for c in claimed]}, local=True)
         return claimed
 
     async def _sleep_until_due(self, *, busy: bool) -> None:
@@ -145,42 +170,33 @@ class Worker:
                 w.cancel()
 
     def _start(self, item: Claimed) -> None:
-        task = asyncio.create_task(self._deliver_safely(item), name=f"deliver-{item.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._wake.set()  # a slot is free
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("event=delivery_crashed error=%r", task.exception())
+        self._pool.spawn(item, self._deliver_safely(item), name=f"deliver-{item.id}")
 
     async def drain(self) -> None:
-        """Deliver everything due now and wait for it (for tests and the CLI)."""
+        """Deliver everything due now and wait for it (tests drive the worker this way)."""
         while True:
-            claimed = await self._claim(self._settings.concurrency)
+            free = self._pool.free
+            claimed = await self._claim(free) if free > 0 else []
             for item in claimed:
                 self._start(item)
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._pool:
+                await self._pool.wait()
             elif not claimed:
                 return
 
-    async def stop(self, grace: float) -> list[str]:
+    async def stop(self, grace: float) -> list[Claimed]:
         """Stop claiming; let in-flight deliveries finish for up to `grace` seconds.
 
-        Returns the ids of deliveries cut short, so their leases can be released.
+        Returns the claims cut short, so their leases can be released.
         """
         self._stopping.set()
-        if not self._tasks:
-            return []
-        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            logger.warning("event=deliveries_abandoned count=%d", len(pending))
-        return [t.get_name().removeprefix("deliver-") for t in pending]
+        if self.running:
+            await self._run_ended.wait()  # a claim in progress ends first
+        cut = await self._pool.stop(grace)
+        if cut:
+            logger.warning("event=deliveries_abandoned count=%d", len(cut))
+        unstarted, self._unstarted = self._unstarted, []
+        return [*unstarted, *cut]
 
     def update_providers(self, providers: Sequence[ProviderConfig]) -> None:
         """Use new URLs and timeouts from the next call on (same provider names)."""
@@ -196,8 +212,8 @@ class Worker:
             policy = self._settings.policy
             with contextlib.suppress(StoreError):
                 if item.attempt >= policy.max_attempts:
-                    await self._store.finish_unsent(
-                        item.id,
+                    await self._store.finish(
+                        item,
                         Status.FAILED,
                         ErrorCode.PROVIDERS_UNAVAILABLE,
                         f"Delivery failed inside dispatchd: {type(exc).__name__}.",
@@ -206,15 +222,15 @@ class Worker:
                     )
                 else:
                     at = now + retry.backoff(item.attempt, policy, self._rng)
-                    await self._store.release([item.id], at, "requeued after an internal error")
-            self._on_moved([item.id])
+                    await self._store.release([item], at, "requeued after an internal error")
+            self._moved(item)
 
     async def deliver(self, item: Claimed) -> None:
         """One attempt: try providers in routing order until one accepts."""
         now = self._clock()
         if now >= item.expires_at:
-            await self._store.finish_unsent(
-                item.id,
+            await self._store.finish(
+                item,
                 Status.EXPIRED,
                 ErrorCode.EXPIRED,
                 "No provider accepted the message before it expired.",
@@ -225,8 +241,8 @@ class Worker:
             self._publish("expired", item, code=ErrorCode.EXPIRED.value)
             return
         if self._is_suppressed(item.to_number):
-            await self._store.finish_unsent(
-                item.id,
+            await self._store.finish(
+                item,
                 Status.INVALID,
                 ErrorCode.NUMBER_SUPPRESSED,
                 "The number was reported invalid; the message was not sent.",
@@ -287,10 +303,8 @@ class Worker:
             # Every provider was paused, or its circuit opened, between the claim and now:
             # nothing was tried, so the message goes back untouched to wait for one.
             detail = "no provider may be tried now (paused, or circuit open)"
-            await self._store.requeue(
-                item.id, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now
-            )
-            self._on_moved([item.id])
+            await self._store.requeue(item, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now)
+            self._moved(item)
             return
         # A provider left out for its open circuit was not asked: that is an outage, not a
         # verdict on the message, so rejections by the others alone do not fail it.
@@ -335,9 +349,7 @@ class Worker:
     async def _sent(
         self, item: Claimed, name: str, result: Accepted, call: CallResult, attempts: list[Attempt]
     ) -> None:
-        await self._store.mark_sent(
-            item.id, name, result.provider_message_id, attempts, self._clock()
-        )
+        await self._store.mark_sent(item, name, result.provider_message_id, attempts, self._clock())
         logger.info(
             "event=sent id=%s provider=%s latency_ms=%.1f attempt=%d",
             item.id,
@@ -368,7 +380,7 @@ class Worker:
         if isinstance(decision, retry.RetryAt):
             detail = f"attempt {item.attempt} found no provider ({summary}); retrying"
             await self._store.requeue(
-                item.id, decision.at, ErrorCode.PROVIDERS_UNAVAILABLE, detail, attempts, now
+                item, decision.at, ErrorCode.PROVIDERS_UNAVAILABLE, detail, attempts, now
             )
             logger.info(
                 "event=retry_scheduled id=%s attempt=%d in_s=%.2f",
@@ -381,11 +393,16 @@ class Worker:
             )
             return
         status = Status.EXPIRED if decision.code is ErrorCode.EXPIRED else Status.FAILED
-        await self._store.finish_unsent(
-            item.id, status, decision.code, f"{decision.detail} ({summary})", attempts, now
+        await self._store.finish(
+            item, status, decision.code, f"{decision.detail} ({summary})", attempts, now
         )
         logger.info("event=%s id=%s code=%s", status, item.id, decision.code)
         self._publish(status.value, item, code=decision.code.value, error=summary)
 
     def _publish(self, kind: str, item: Claimed, **fields: object) -> None:
         self._events.publish(kind, {"id": item.id, "number": item.to_number, **fields})
+
+    def _moved(self, item: Claimed) -> None:
+        """The message changed status without a console event (a silent requeue, or an
+        internal error's release or failure): tell the bus's listeners only."""
+        self._events.publish("moved", {"id": item.id, "number": item.to_number}, local=True)

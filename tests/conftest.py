@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import shutil
 import socket
 import tempfile
@@ -16,7 +17,25 @@ import aiohttp
 import pytest
 
 from dispatchd.config import Config
-from dispatchd.daemon import Daemon
+from dispatchd.daemon import Daemon, build
+
+# A module marked slow as a whole, on a line of its own at the top of the file.
+SLOW_MODULE = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not slow"` (`make unit`), do not even import a module marked slow.
+
+    Every test in it would be deselected anyway; importing some (schemathesis builds its
+    schema at import) costs seconds. Any other marker expression collects as usual.
+    """
+    if config.option.markexpr.strip() != "not slow":
+        return None
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if SLOW_MODULE.search(collection_path.read_text(encoding="utf-8")):
+        return True
+    return None
 
 
 def free_port() -> int:
@@ -57,7 +76,7 @@ def make_config(tmp_path: Path, port: int, **sections: Any) -> Config:
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    predicate: Callable[[], Awaitable[object]] | Callable[[], object],
     within: float = 10.0,
     interval: float = 0.01,
     what: str = "condition",
@@ -85,15 +104,14 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
 
     async def start(config: Config | None = None, **sections: Any) -> Daemon:
         cfg = config or make_config(tmp_path, free_port(), **sections)
-        daemon = Daemon(cfg, rng=random.Random(1))
-        await daemon.start()
+        daemon = await build(cfg, time.time, random.Random(1))
         started.append(daemon)
+        await daemon.start()
         return daemon
 
     yield start
     for daemon in reversed(started):
-        if daemon.store is not None and not daemon.store.closed:
-            await daemon.stop(grace=1.0)
+        await daemon.stop(grace=1.0)  # a no-op for one the test stopped itself
 
 
 @pytest.fixture

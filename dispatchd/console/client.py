@@ -1,4 +1,4 @@
-"""A client of the control protocol (see `dispatchd.control.server`) over a unix socket."""
+"""A client of the control protocol (`dispatchd.control.protocol`) over a unix socket."""
 
 from __future__ import annotations
 
@@ -10,13 +10,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from dispatchd.control.protocol import BASE_URL, PROTOCOL_VERSION, Json
 from dispatchd.domain.errors import DispatchdError
-
-PROTOCOL_VERSION = 1
-# The host part is ignored over a unix socket, but HTTP wants one.
-BASE = "http://dispatchd"
-
-Json = dict[str, Any]
 
 
 class DaemonUnavailable(DispatchdError):
@@ -69,7 +64,7 @@ class ControlClient:
 
     async def _call(self, method: str, path: str, body: Json | None = None) -> Any:
         try:
-            async with self._client().request(method, BASE + path, json=body) as resp:
+            async with self._client().request(method, BASE_URL + path, json=body) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -102,7 +97,9 @@ class ControlClient:
         """
         try:
             async with self._client().ws_connect(
-                BASE + "/v1/events", heartbeat=15.0, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)
+                BASE_URL + "/v1/events",
+                heartbeat=15.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             ) as ws:
                 async for frame in ws:
                     if frame.type is not aiohttp.WSMsgType.TEXT:

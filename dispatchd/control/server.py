@@ -1,85 +1,5 @@
-"""The control socket: live state, an event stream and operator commands for the console.
-
-Protocol, version 1
-===================
-
-HTTP/1.1 over the unix socket `[control] socket` (default: the database path with
-`.sock`, so `var/dispatchd.sock`), created with mode 0600 so only the daemon's user
-can connect, and removed on clean exit. Bodies are JSON. Errors are RFC 9457
-problem details (`application/problem+json`) with `type`, `title`, `status`,
-`detail` and a machine-readable `code`. Paths carry the version: a client of
-version 1 checks `"protocol": 1` in the snapshot and uses `/v1/...` only.
-
-Reading
--------
-`GET /v1/snapshot` -> `200` Snapshot::
-
-    {"protocol": 1, "instance": "<random id of this daemon run>", "pid": 123,
-     "started_at": <epoch s>, "uptime_s": 12.3, "seq": <last event number>,
-     "providers": [Provider, ...], "queue": Queue | null,
-     "rates": [{"at": <epoch s>, "accepted": n, "sent": n, "delivered": n, "failed": n}, ...],
-     "recent": [Event, ...]}
-
-Provider: `name`, `state` (`healthy` | `degraded` | `circuit_open` | `paused`;
-`circuit_open` while the breaker is open or half-open, `degraded` while traffic is
-shifted away or calls fail), `paused`, `configured_weight`, `weight` (after operator
-changes), `weight_factor` (share of it the traffic shift leaves, 1 - max_shift to 1)
-and `shift_reason`, `effective_weight` (weight x factor; 0 while paused or open),
-`breaker` (`closed` | `open` | `half_open`), `breaker_reason`, `breaker_until`
-(epoch s when an open breaker lets probes through, else null), and over the
-last 60 s: `calls`, `share` (of all provider calls), `success_rate`, `p50_ms`,
-`p95_ms`; also `in_flight`, `last_error`, `last_error_at`.
-Queue: `counts` (every status, zeros included), `oldest_queued_age_s`,
-`waiting_retry` (queued again after an attempt found no provider).
-`rates` are per-second counts, oldest first, up to five minutes; `failed` counts
-every final non-delivery (failed, expired, invalid).
-
-`GET /v1/events` -> WebSocket. Each text frame is one JSON Event
-`{"type": ..., "seq": n, "at": <epoch s>, "payload": {...}}`. The first frame is
-always `{"type": "snapshot", "seq": n, "payload": Snapshot}`; the frames after it
-are the events numbered above `n`, in order, without gaps unless the subscriber
-fell behind: each subscriber has a bounded queue, and when it overflows events
-are dropped (delivery never waits for a console) and a frame
-`{"type": "dropped", "seq": null, "payload": {"count": <total dropped so far>}}`
-precedes the next event sent. Message events carry `id` and `number`:
-
-- `accepted` (`segments`, `retry_of`), `sent` (`provider`, `attempt`, `latency_ms`),
-  `failover` (`provider` that failed, `to`, `error`), `retry_scheduled` (`attempt`,
-  `in_s`), `delivered` / `failed` / `invalid` from reports (`provider`, `via`:
-  `"report"`), `failed` / `expired` / `invalid` from the worker (`code`, `error`),
-  `number_suppressed` (`also_invalidated`).
-- Provider health: `breaker_opened`, `breaker_half_open`, `breaker_closed` and
-  `weight_shifted`, each with `provider`, `from`, `to` (breaker states, or weight
-  factors as percentages), `reason`, `effective_weight`, `weight_factor`.
-- Operator changes: `provider_paused`, `provider_resumed` (`provider`),
-  `provider_weight` (`provider`, `weight`, `previous`), `suppression_lifted`
-  (`number`), `message_retried` (`id`, `new_id`).
-- Coalesced, never kept in `recent`: `stats` once a second (`rates`: the last
-  second's sample, `providers`, `uptime_s`) and `queue` every two seconds (Queue),
-  both only while someone is subscribed.
-
-`GET /v1/messages/{id}` -> `200` the message as the HTTP API renders it, with
-`attempts` and `history`; `404 message_not_found`.
-`GET /v1/messages?to_number=N&limit=L` -> `200 {"items": [...]}`, newest first
-(L from 1 to 100, default 20); `422 validation_failed` for a bad number.
-
-Commands
---------
-- `POST /v1/providers/{name}/pause`, `POST /v1/providers/{name}/resume` -> `200`
-  Provider; `404 unknown_provider`. Takes effect for the next routing decision;
-  with every provider paused, messages wait in the queue (they are not failed).
-- `PUT /v1/providers/{name}/weight` with `{"weight": 0..1000000}` -> `200` Provider;
-  `404 unknown_provider`, `422 bad_weight`, `400 malformed_request`.
-- `POST /v1/messages/{id}/retry` -> `202 {"message": <new message>, "retry_of": id}`.
-  Final statuses never change, so the retry is a new message with the same number
-  and text; the original gains a history note naming it. `404 message_not_found`,
-  `409 not_retryable` (only failed or expired messages), `422 number_suppressed`.
-- `DELETE /v1/suppressions/{number}` -> `200 {"number": <E.164>, "lifted": true}`;
-  `404 not_suppressed`, `422 validation_failed`.
-
-Pauses and weights live in memory and are logged (`event=provider_paused` ...);
-a restart returns to the configuration's weights with every provider active.
-Lifted suppressions and retries are stored and survive restarts.
+"""The control socket server: live state, an event stream and operator commands (see
+`dispatchd.control.protocol` for the protocol).
 """
 
 from __future__ import annotations
@@ -99,27 +19,29 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from dispatchd.domain.errors import ControlSocketError, StoreError
-from dispatchd.domain.models import Status
-from dispatchd.domain.numbers import NumberError, to_e164
-from dispatchd.events import EventBus, Subscription
-from dispatchd.health import BadWeight, HealthRegistry, UnknownProvider
-from dispatchd.http.app import Problem, message_resource, problem_middleware
-from dispatchd.http.bodies import whole_number
-from dispatchd.service import (
+from dispatchd.control.protocol import PROTOCOL_VERSION
+from dispatchd.domain.errors import (
+    ControlSocketError,
     FieldError,
     NotRetryable,
     NotSuppressed,
     NumberSuppressed,
-    Service,
+    StoreError,
     UnknownMessage,
     ValidationFailed,
 )
-from dispatchd.store import sqlite as store_mod
+from dispatchd.domain.models import Status
+from dispatchd.domain.numbers import NumberError, to_e164
+from dispatchd.events import EventBus, Subscription
+from dispatchd.health import BadWeight, HealthRegistry, UnknownProvider
+from dispatchd.http.bodies import whole_number
+from dispatchd.http.middleware import problem_middleware
+from dispatchd.http.problems import Problem
+from dispatchd.http.resources import message_resource
+from dispatchd.service import Service
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 HEARTBEAT = 15.0
@@ -135,7 +57,6 @@ class ControlDeps:
     service: Service
     health: HealthRegistry
     bus: EventBus
-    wake_worker: Callable[[], None]
     default_region: str
     clock: Callable[[], float] = time.time
     started_at: float = 0.0
@@ -158,7 +79,7 @@ SOCKETS = web.AppKey("control_sockets", set[web.WebSocketResponse])
 async def queue_state(deps: ControlDeps) -> dict[str, Any] | None:
     """The Queue object, or None when the database cannot be read."""
     try:
-        stats = await store_mod.queue_stats(deps.service.store)
+        stats = await deps.service.queue_stats()
     except StoreError as exc:
         logger.warning("event=control_queue_failed error=%r", exc.message)
         return None
@@ -248,7 +169,7 @@ def _message_not_found(msg_id: str) -> Problem:
 
 async def get_message(request: web.Request) -> web.Response:
     msg_id = request.match_info["id"]
-    msg = await request.app[DEPS].service.store.get(msg_id)
+    msg = await request.app[DEPS].service.get(msg_id)
     if msg is None:
         raise _message_not_found(msg_id)
     return web.json_response(message_resource(msg, detailed=True))
@@ -267,7 +188,7 @@ async def find_messages(request: web.Request) -> web.Response:
         raise _invalid(
             "limit", "out_of_range", f"limit must be a whole number from 1 to {LOOKUP_LIMIT_MAX}."
         )
-    items = await deps.service.store.search(to_number=number, status=None, limit=limit, cursor=None)
+    items = await deps.service.search(to_number=number, status=None, limit=limit, cursor=None)
     return web.json_response({"items": [message_resource(m) for m in items]})
 
 
@@ -318,7 +239,6 @@ async def resume_provider(request: web.Request) -> web.Response:
     if changed:
         logger.info("event=provider_resumed provider=%s", name)
         deps.bus.publish("provider_resumed", {"provider": name})
-        deps.wake_worker()  # messages may be waiting for any provider at all
     return web.json_response(_provider(deps, name))
 
 
@@ -350,7 +270,6 @@ async def set_weight(request: web.Request) -> web.Response:
         raise Problem(422, "bad_weight", "Bad weight", exc.message) from exc
     logger.info("event=provider_weight provider=%s weight=%s previous=%d", name, weight, previous)
     deps.bus.publish("provider_weight", {"provider": name, "weight": weight, "previous": previous})
-    deps.wake_worker()
     return web.json_response(_provider(deps, name))
 
 

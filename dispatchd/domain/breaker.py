@@ -130,12 +130,6 @@ class Breaker:
 
     # -- routing questions -----------------------------------------------------------------
 
-    def routable(self, now: float) -> bool:
-        """May new traffic be routed here (ignoring probe slots)?"""
-        if self.state is BreakerState.OPEN:
-            return self._cooled_down(now)
-        return True
-
     def admits(self, now: float) -> bool:
         """Would `acquire` say yes now? (Read-only: no state changes.)"""
         if self.state is BreakerState.CLOSED:
@@ -173,20 +167,15 @@ class Breaker:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def record(
-        self, now: float, *, ok: bool, latency_ms: float, probe: bool | None = None
-    ) -> list[Transition]:
+    def record(self, now: float, *, ok: bool, latency_ms: float, probe: bool) -> list[Transition]:
         """Count one transport outcome (a 4xx rejection is not a failure of the provider).
 
-        `probe` says whether `acquire` admitted this call as a half-open probe; when
-        None it is taken to be one if the breaker is half-open with a probe out. In
+        `probe` says whether `acquire` admitted this call as a half-open probe. In
         half-open only probes move the breaker: a call admitted before it opened and
         answering late says nothing about the provider now.
         """
         s = self.settings
         self._window.add(now, ok=ok, slow=latency_ms >= s.slow_ms)
-        if probe is None:
-            probe = self.state is BreakerState.HALF_OPEN and self.probes_in_flight > 0
         changes: list[Transition] = []
         if ok:
             self.consecutive_failures = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class DispatchdError(Exception):
     """Something went wrong in dispatchd."""
@@ -45,3 +47,40 @@ class ProviderRejected(ProviderError):
 
 class ControlSocketError(DispatchdError):
     """The operator control socket cannot be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """What is wrong with one field of a request."""
+
+    field: str
+    code: str
+    message: str
+
+
+class ValidationFailed(DispatchdError):
+    """The request has invalid fields."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(" ".join(e.message for e in errors))
+        self.errors = errors
+
+
+class NumberSuppressed(DispatchdError):
+    """The number was reported invalid earlier, so messages to it are refused."""
+
+
+class UnknownMessage(DispatchdError):
+    """There is no such message."""
+
+
+class BadToken(DispatchdError):
+    """The callback token is missing or wrong."""
+
+
+class NotRetryable(DispatchdError):
+    """Only failed or expired messages can be retried."""
+
+
+class NotSuppressed(DispatchdError):
+    """The number is not suppressed."""

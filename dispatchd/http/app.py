@@ -1,6 +1,6 @@
 """HTTP API: the app factory and route table, problem+json errors, and the small handlers.
 
-The rest of the HTTP layer lives beside it, one job a module: `webdeps` (WebDeps and the
+The rest of the HTTP layer lives beside it, one job a module: `deps` (WebDeps and the
 app keys), `bodies` (reading, parsing and validating request bodies), `resources` (the
 JSON renderings), `batches` (POST /messages/batch) and `live` (long polling and SSE).
 GUARD, ConnectionGuard, make_runner, Problem, PROBLEM_TYPE, WebDeps, MAX_BODY and
@@ -12,35 +12,36 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dispatchd.domain.errors import StoreUnavailable
+from dispatchd.domain.errors import (
+    BadToken,
+    FieldError,
+    UnknownMessage,
+)
 from dispatchd.domain.models import Message, Status
 from dispatchd.domain.numbers import NumberError, to_e164
 from dispatchd.http.auth import METRICS_PATH, OPEN_PATHS, auth_middleware
-from dispatchd.http.batches import MAX_BATCH_BODY, post_batch
+from dispatchd.http.batches import post_batch
 from dispatchd.http.bodies import (
+    MAX_BATCH_BODY,
     MAX_BODY,
     read_report,
     read_send_fields,
     status_param,
-    validate_send,
-    validation,
     whole_number,
 )
 from dispatchd.http.connections import GUARD, ConnectionGuard, make_runner
-from dispatchd.http.deps import DEPS, IDEMPOTENCY, WebDeps
-from dispatchd.http.idempotency import Idempotency, Rendered
+from dispatchd.http.deps import DEPS, WebDeps
+from dispatchd.http.idempotency import Rendered
 from dispatchd.http.live import get_message, message_events
+from dispatchd.http.middleware import RETRY_AFTER_SECONDS, problem_middleware
 from dispatchd.http.openapi import openapi_document
-from dispatchd.http.problems import PROBLEM_TYPE, Problem
-from dispatchd.http.resources import message_resource, no_such_message, number_suppressed
+from dispatchd.http.problems import PROBLEM_TYPE, Problem, validation
+from dispatchd.http.resources import message_resource, no_such_message
 from dispatchd.metrics import metrics_response
-from dispatchd.service import BadToken, FieldError, NumberSuppressed, UnknownMessage
-from dispatchd.store.sqlite import SavedResponse
 
 logger = logging.getLogger(__name__)
 
@@ -57,72 +58,23 @@ __all__ = [
     "problem_middleware",
 ]
 
-RETRY_AFTER_SECONDS = 5
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
-
-
-_HTTP_PROBLEMS = {
-    404: ("not_found", "Not found", "There is nothing at this URL."),
-    405: ("method_not_allowed", "Method not allowed", "This URL does not accept that method."),
-    413: (
-        "payload_too_large",
-        "Request body too large",
-        f"The request body is larger than {MAX_BATCH_BODY // (1024 * 1024)} MiB.",
-    ),
-}
-
-
-@web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Turn every error into problem+json; never let a traceback reach the client."""
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem.response()
-    except StoreUnavailable as exc:
-        return Problem(
-            503,
-            "storage_unavailable",
-            "Storage unavailable",
-            f"The message store cannot take writes right now ({exc.message}); try again shortly.",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        ).response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code, title, detail = _HTTP_PROBLEMS.get(
-            exc.status, (f"http_{exc.status}", exc.reason, exc.text or exc.reason)
-        )
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return Problem(exc.status, code, title, detail, headers=headers).response()
-    except Exception:
-        logger.exception("event=internal_error path=%s", request.path)
-        return Problem(
-            500,
-            "internal_error",
-            "Internal error",
-            "dispatchd hit an unexpected error; it has been logged.",
-        ).response()
 
 
 # -- handlers -----------------------------------------------------------------------------
 
 
 async def post_message(request: web.Request) -> web.Response:
-    service = request.app[DEPS].service
+    deps = request.app[DEPS]
     fields = await read_send_fields(request)
-
-    async def accept(save: Callable[[Message], SavedResponse] | None) -> Message:
-        send = validate_send(service, fields)
-        try:
-            return await service.accept(send, save_response=save)
-        except NumberSuppressed as exc:
-            raise number_suppressed(exc) from exc
-
-    return await request.app[IDEMPOTENCY].run(request, fields, accept, _accepted)
+    async with deps.idempotency.request(request, fields) as idem:
+        if idem.replay is not None:
+            return idem.replay
+        msg = deps.service.prepare(deps.service.validate(fields))
+        rendered = _accepted(msg)
+        await deps.service.accept([msg], idem.save(rendered))
+        return rendered.response()
 
 
 def _accepted(msg: Message) -> Rendered:
@@ -162,7 +114,7 @@ def _list_params(request: web.Request) -> tuple[str | None, Status | None, int, 
 
 async def list_messages(request: web.Request) -> web.Response:
     number, status, limit, cursor = _list_params(request)
-    items = await request.app[DEPS].service.store.search(
+    items = await request.app[DEPS].service.search(
         to_number=number, status=status, limit=limit + 1, cursor=cursor
     )
     more = len(items) > limit
@@ -263,7 +215,6 @@ def make_app(deps: WebDeps) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BATCH_BODY)
     app[DEPS] = deps
     app[GUARD] = guard
-    app[IDEMPOTENCY] = deps.idempotency or Idempotency(deps.service.store)
     app.on_shutdown.append(_end_watches)
     r = app.router
     r.add_post("/messages", post_message)

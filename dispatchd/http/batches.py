@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from dispatchd.domain.errors import FieldError, NumberSuppressed, ValidationFailed
 from dispatchd.domain.models import Message
-from dispatchd.http.bodies import parse_body, read_body, validate_send, validation
-from dispatchd.http.deps import DEPS, IDEMPOTENCY
+from dispatchd.domain.sending import SendRequest
+from dispatchd.http.bodies import MAX_BATCH_BODY, parse_body, read_body
+from dispatchd.http.deps import DEPS
 from dispatchd.http.idempotency import Rendered
-from dispatchd.http.problems import Problem
-from dispatchd.http.resources import message_resource, number_suppressed
-from dispatchd.service import FieldError, NumberSuppressed, SendRequest, Service
-from dispatchd.store.sqlite import SavedResponse
+from dispatchd.http.problems import Problem, number_suppressed, validation
+from dispatchd.http.resources import message_resource
+from dispatchd.service import Service
 
-# POST /messages/batch alone may send this much (1,000 messages); the app-wide
-# client_max_size is this, and every other route is held to MAX_BODY in bodies.read_body.
-MAX_BATCH_BODY = 2 * 1024 * 1024
 MAX_BATCH_ITEMS = 1000
 # Items validated, and results rendered, between two yields to the event loop: a whole
 # 1,000-item batch at once held the loop (every other request, the worker, the probes)
@@ -31,33 +29,33 @@ CHUNK = 100
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """Each item's fate in item order (its send, or why not), the messages created, and
-    the answer when it was rendered ahead (in chunks, see `accept`)."""
+    """Each item's fate in item order: its new message, or the problem that refused it."""
 
-    checked: list[SendRequest | Problem]
-    messages: list[Message]
-    rendered: Rendered | None = None
+    items: list[Message | Problem]
+
+    @property
+    def messages(self) -> list[Message]:
+        return [m for m in self.items if isinstance(m, Message)]
 
 
 async def post_batch(request: web.Request) -> web.Response:
-    service = request.app[DEPS].service
+    deps = request.app[DEPS]
     items = await _read_batch(request)
-
-    async def accept(save: Callable[[BatchOutcome], SavedResponse] | None) -> BatchOutcome:
-        checked = await _check_items(service, items)
-        sends = [c for c in checked if isinstance(c, SendRequest)]
-        # A batch that created nothing is not kept, like a refused POST /messages.
-        keep = None if save is None or not sends else _keep_batch(save, checked)
-        msgs = await service.accept_many(sends, save_response=keep)
-        if keep is not None:
-            # Rendered inside accept_many, at once: between the new messages' ids and their
-            # place in the write queue nothing else may run, or a concurrent request to the
-            # same number could commit a later id first (ids are the per-number order).
-            return BatchOutcome(checked, msgs)
-        # Nothing to keep: render after the write, in chunks.
-        return BatchOutcome(checked, msgs, await _render_in_chunks(BatchOutcome(checked, msgs)))
-
-    return await request.app[IDEMPOTENCY].run(request, {"messages": items}, accept, _batch_body)
+    async with deps.idempotency.request(request, {"messages": items}) as idem:
+        if idem.replay is not None:
+            return idem.replay
+        checked = await _check_items(deps.service, items)
+        # From here to the store's queue nothing may await: the new ids are the order of
+        # messages to one number, and a concurrent request must not commit a later id first.
+        outcome = _prepare(deps.service, checked)
+        msgs = outcome.messages
+        # A batch that created nothing is not kept, like a refused POST /messages; a kept
+        # answer is rendered at once, the bytes kept being the bytes sent.
+        rendered = _render(outcome) if idem.key is not None and msgs else None
+        await deps.service.accept(msgs, idem.save(rendered) if rendered is not None else None)
+        if rendered is None:
+            rendered = await _render_in_chunks(outcome)
+        return rendered.response()
 
 
 async def _read_batch(request: web.Request) -> list[Any]:
@@ -93,32 +91,30 @@ def _batch_list_error(items: Any) -> FieldError:
     )
 
 
-def _keep_batch(
-    save: Callable[[BatchOutcome], SavedResponse], checked: list[SendRequest | Problem]
-) -> Callable[[list[Message]], SavedResponse]:
-    """The service's save_response for a batch: the whole batch answer, rendered once."""
-    return lambda msgs: save(BatchOutcome(checked, msgs))
-
-
 async def _check_items(service: Service, items: list[Any]) -> list[SendRequest | Problem]:
-    """Every item validated, CHUNK at a time; then, at once, whether its number is refused."""
+    """Every item validated, CHUNK at a time, yielding to the loop between chunks."""
     checked: list[SendRequest | Problem] = []
     for start in range(0, len(items), CHUNK):
         await asyncio.sleep(0)  # the first too: parsing and hashing the body came just before
         chunk = enumerate(items[start : start + CHUNK], start)
         checked += [_check_item(service, index, item) for index, item in chunk]
-    # Checked after the last yield (a set lookup each), so a number an operator suppressed
-    # meanwhile is refused for its items alone, not by accept_many for the whole batch.
-    return [_not_suppressed(service, c) for c in checked]
+    return checked
 
 
-def _not_suppressed(service: Service, item: SendRequest | Problem) -> SendRequest | Problem:
-    if isinstance(item, SendRequest):
+def _prepare(service: Service, checked: list[SendRequest | Problem]) -> BatchOutcome:
+    """Each valid item's message, all created at one time; a suppressed number's items are
+    refused alone (checked after the last yield, so an operator's change counts)."""
+    now = service.now()
+    out: list[Message | Problem] = []
+    for item in checked:
+        if isinstance(item, Problem):
+            out.append(item)
+            continue
         try:
-            service.check_not_suppressed(item.to_number)
+            out.append(service.prepare(item, now))
         except NumberSuppressed as exc:
-            return number_suppressed(exc)
-    return item
+            out.append(number_suppressed(exc))
+    return BatchOutcome(out)
 
 
 def _check_item(service: Service, index: int, item: Any) -> SendRequest | Problem:
@@ -134,25 +130,24 @@ def _check_item(service: Service, index: int, item: Any) -> SendRequest | Proble
             ]
         )
     try:
-        return validate_send(service, item)
-    except Problem as problem:
-        return problem
+        return service.validate(item)
+    except ValidationFailed as exc:
+        return validation(exc.errors)
 
 
 def _results(outcome: BatchOutcome) -> Iterator[dict[str, Any]]:
     """Each item's 202 message or 422 problem, in item order."""
-    created = iter(outcome.messages)
-    for index, item in enumerate(outcome.checked):
+    for index, item in enumerate(outcome.items):
         if isinstance(item, Problem):
             yield {"index": index, "status": item.status, "problem": item.body()}
         else:
-            yield {"index": index, "status": 202, "message": message_resource(next(created))}
+            yield {"index": index, "status": 202, "message": message_resource(item)}
 
 
 def _assemble(outcome: BatchOutcome, results: list[str]) -> Rendered:
     """The batch's 200 from its results' JSON: what json.dumps of the whole would give."""
     accepted = len(outcome.messages)
-    rejected = len(outcome.checked) - accepted
+    rejected = len(outcome.items) - accepted
     head = f'{{"accepted": {accepted}, "rejected": {rejected}, "results": ['
     return Rendered(200, head + ", ".join(results) + "]}")
 
@@ -166,8 +161,6 @@ async def _render_in_chunks(outcome: BatchOutcome) -> Rendered:
     return _assemble(outcome, results)
 
 
-def _batch_body(outcome: BatchOutcome) -> Rendered:
+def _render(outcome: BatchOutcome) -> Rendered:
     """The batch's 200: counts, then each item's 202 message or 422 problem, in order."""
-    if outcome.rendered is not None:
-        return outcome.rendered
     return _assemble(outcome, [json.dumps(result) for result in _results(outcome)])

@@ -11,11 +11,15 @@ from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
 
+from dispatchd.domain.errors import FieldError
 from dispatchd.domain.models import REPORT_STATUSES, DeliveryReport, Status
-from dispatchd.http.problems import Problem
-from dispatchd.service import FieldError, SendRequest, Service, ValidationFailed
+from dispatchd.domain.sending import text_errors
+from dispatchd.http.problems import Problem, validation
 
 MAX_BODY = 64 * 1024
+# POST /messages/batch alone may send this much (1,000 messages); the app-wide
+# client_max_size is this, and every other route is held to MAX_BODY in read_body.
+MAX_BATCH_BODY = 2 * 1024 * 1024
 # Deepest JSON nesting taken: send fields are flat and a batch adds two levels. Deeper
 # values are refused up front, so nothing later (the idempotency hash re-encodes the
 # fields inside another level) can hit Python's recursion limit on them.
@@ -24,32 +28,8 @@ MAX_NESTING = 32
 BODY_TIMEOUT = 10.0
 
 FORM = "application/x-www-form-urlencoded"
-# In the order their errors are listed.
-SEND_FIELDS = (
-    "to_number",
-    "message",
-    "send_at",
-    "validity_period",
-    "smart_encoding",
-    "status_callback_url",
-)
 # A plain decimal number of seconds, as a form sends validity_period.
 _FORM_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?", re.ASCII)
-# NUL and lone UTF-16 surrogates: a JSON string may hold them ("\\u0000", "\\ud800"), but a
-# surrogate cannot be encoded as UTF-8 (SQLite refused it: a 500) and NUL is no SMS text
-# (providers written in C cut the message there).
-_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def validation(errors: list[FieldError]) -> Problem:
-    """The 422 listing every invalid field."""
-    return Problem(
-        422,
-        "validation_failed",
-        "The request has invalid fields",
-        " ".join(e.message for e in errors),
-        errors=errors,
-    )
 
 
 def whole_number(raw: str, max_digits: int = 9) -> int | None:
@@ -203,39 +183,6 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _text_errors(fields: Mapping[str, Any], names: tuple[str, ...]) -> list[FieldError]:
-    """A field error for each named string field holding NUL or a lone surrogate."""
-    errors = []
-    for name in names:
-        value = fields.get(name)
-        if isinstance(value, str) and (found := _NOT_TEXT.search(value)):
-            char = found.group()
-            what = "a NUL character" if char == "\x00" else "a lone UTF-16 surrogate"
-            errors.append(
-                FieldError(
-                    name,
-                    "invalid_characters",
-                    f"{name} contains {what} (U+{ord(char):04X} at position {found.start()}), "
-                    "which is not text; send valid Unicode without NUL.",
-                )
-            )
-    return errors
-
-
-def validate_send(service: Service, fields: Mapping[str, Any]) -> SendRequest:
-    """The service's validation, plus the text check the store needs; every error at once."""
-    errors = _text_errors(fields, SEND_FIELDS)
-    bad = {e.field for e in errors}
-    try:
-        send = service.validate({k: v for k, v in fields.items() if k not in bad})
-    except ValidationFailed as exc:
-        # The service sees a rejected field as missing; keep only what it says of the others.
-        errors += [e for e in exc.errors if e.field not in bad]
-        errors.sort(key=lambda e: SEND_FIELDS.index(e.field) if e.field in SEND_FIELDS else 99)
-        raise validation(errors) from exc
-    return send
-
-
 async def read_send_fields(request: web.Request) -> Mapping[str, Any]:
     """A send request's fields; a form's flag and number arrive as text, so are converted."""
     fields = await _read_fields(request)
@@ -266,7 +213,7 @@ async def read_report(request: web.Request) -> DeliveryReport:
         )
     if not isinstance(pmid, str) or not pmid:
         errors.append(FieldError("message_id", "missing", "message_id must be a non-empty string."))
-    errors += _text_errors(fields, ("message_id",))
+    errors += text_errors(fields, ("message_id",))
     if errors or not isinstance(status, str) or not isinstance(pmid, str):
         raise validation(errors)
     return DeliveryReport(Status(status), pmid)

@@ -13,7 +13,7 @@ from dispatchd.http.watch import Watchers
 from dispatchd.metrics import Metrics
 from dispatchd.service import Service
 
-__all__ = ["DEPS", "IDEMPOTENCY", "WebDeps"]
+__all__ = ["DEPS", "WebDeps"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +23,14 @@ class WebDeps:
     service: Service
     default_region: str
     ready: Callable[[], str | None]  # None when ready, else the reason it is not
-    # Live-status waiters; the daemon wakes them from the event bus and the worker.
-    watchers: Watchers = field(default_factory=Watchers)
+    # Live-status waiters, woken from the event bus.
+    watchers: Watchers
+    # Idempotency-Key handling for the routes that create messages.
+    idempotency: Idempotency
     # API keys; empty: no authentication (the daemon allows that on loopback only).
     keys: KeyRing = field(default_factory=lambda: KeyRing(()))
-    # Idempotency-Key handling; default: one of the app's own over the service's store.
-    idempotency: Idempotency | None = None
     metrics: Metrics | None = None  # None: no /metrics route
     metrics_auth: bool = False  # /metrics needs an API key too
 
 
 DEPS = web.AppKey("deps", WebDeps)
-IDEMPOTENCY = web.AppKey("idempotency", Idempotency)

@@ -17,29 +17,24 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from dispatchd.domain.errors import StoreError
 from dispatchd.http.auth import SCOPE
 from dispatchd.http.problems import Problem
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import SavedResponse, Store
+from dispatchd.store.api import SavedResponse, Store
 
 logger = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-DEFAULT_TTL = 86_400.0
 PURGE_INTERVAL = 60.0
 PURGE_BATCH = 1000
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +108,37 @@ def _in_progress(key: str) -> Problem:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """One request's idempotency: the kept answer to replay, or how to keep the new one."""
+
+    replay: web.Response | None = None
+    scope: str = ""
+    key: str | None = None  # None: the request has no Idempotency-Key
+    digest: str = ""
+    ttl: float = 0.0
+    now: float = 0.0
+
+    def save(self, rendered: Rendered) -> SavedResponse | None:
+        """The answer to keep with the request's effect, or None without a key."""
+        if self.key is None:
+            return None
+        return SavedResponse(
+            self.scope,
+            self.key,
+            self.digest,
+            rendered.status,
+            rendered.body,
+            rendered.location,
+            self.now,
+            self.now + self.ttl,
+        )
+
+
 class Idempotency:
     """Runs requests at most once per key; replays the kept response to repeats."""
 
-    def __init__(
-        self, store: Store, *, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
         self._store = store
         self._ttl = ttl
         self._clock = clock
@@ -131,42 +151,34 @@ class Idempotency:
         """How many keyed requests are running now."""
         return len(self._running)
 
-    async def run(
-        self,
-        request: web.Request,
-        fields: Mapping[str, Any],
-        accept: Callable[[Callable[[T], SavedResponse] | None], Awaitable[T]],
-        render: Callable[[T], Rendered],
-    ) -> web.Response:
-        """Answer `request` with `render(await accept(save))`, or with the kept response.
+    @contextlib.asynccontextmanager
+    async def request(
+        self, request: web.Request, fields: Mapping[str, Any]
+    ) -> AsyncIterator[Keyed]:
+        """The request's `Keyed`: with `replay` set, answer with it and do nothing else;
+        otherwise commit `save(rendered)` with the request's effect, inside this block.
 
-        `accept` creates the resources and hands `save` to the store, which keeps the
-        rendered response in the same transaction; without a key, `save` is None.
+        Refused (400, 409, 422) before the block runs for a bad, busy or reused key.
         """
         raw = request.headers.get(HEADER)
         if raw is None:
-            return render(await accept(None)).response()
+            yield Keyed()
+            return
         problem = key_problem(raw)
         if problem is not None:
             raise _bad_key(problem)
         scope = request.get(SCOPE, "")
         digest = request_hash(request.method, request.path, fields)
         with self._claim(scope, raw):
-            saved = await store_mod.find_saved_response(self._store, scope, raw, self._clock())
-            if saved is not None:
-                if saved.request_hash != digest:
-                    raise _reused(raw)
-                logger.info("event=idempotent_replay scope=%s", scope or "-")
-                return Rendered(saved.status, saved.body, saved.location).response(replayed=True)
-            rendered: list[Rendered] = []
-
-            def save(result: T) -> SavedResponse:
-                # Rendered once: the bytes kept are the bytes sent.
-                rendered.append(render(result))
-                return self._saved(scope, raw, digest, rendered[0])
-
-            result = await accept(save)
-            return (rendered[0] if rendered else render(result)).response()
+            now = self._clock()
+            saved = await self._store.find_saved_response(scope, raw, now)
+            if saved is None:
+                yield Keyed(None, scope, raw, digest, self._ttl, now)
+                return
+            if saved.request_hash != digest:
+                raise _reused(raw)
+            logger.info("event=idempotent_replay scope=%s", scope or "-")
+            yield Keyed(Rendered(saved.status, saved.body, saved.location).response(replayed=True))
 
     @contextlib.contextmanager
     def _claim(self, scope: str, key: str) -> Iterator[None]:
@@ -180,24 +192,11 @@ class Idempotency:
         finally:
             self._running.discard((scope, key))
 
-    def _saved(self, scope: str, key: str, digest: str, rendered: Rendered) -> SavedResponse:
-        now = self._clock()
-        return SavedResponse(
-            scope,
-            key,
-            digest,
-            rendered.status,
-            rendered.body,
-            rendered.location,
-            now,
-            now + self._ttl,
-        )
-
     async def purge(self, batch: int = PURGE_BATCH) -> int:
         """Delete every expired key, `batch` rows per transaction; return how many."""
         total = 0
         while True:
-            deleted = await store_mod.purge_saved_responses(self._store, self._clock(), batch)
+            deleted = await self._store.purge_saved_responses(self._clock(), batch)
             total += deleted
             if deleted < batch:
                 return total

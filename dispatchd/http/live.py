@@ -7,11 +7,12 @@ import re
 
 from aiohttp import hdrs, web
 
-from dispatchd.domain.errors import StoreUnavailable
+from dispatchd.domain.errors import FieldError, StoreUnavailable
 from dispatchd.domain.models import HistoryEntry, Status
-from dispatchd.http.bodies import status_param, validation, whole_number
+from dispatchd.http.bodies import status_param, whole_number
 from dispatchd.http.connections import connection_gone, on_connection_lost
 from dispatchd.http.deps import DEPS, WebDeps
+from dispatchd.http.problems import validation
 from dispatchd.http.resources import message_resource, no_such_message
 from dispatchd.http.watch import (
     HEARTBEAT,
@@ -22,8 +23,6 @@ from dispatchd.http.watch import (
     status_changes,
     status_event,
 )
-from dispatchd.service import FieldError
-from dispatchd.store import sqlite as store_mod
 
 
 async def get_message(request: web.Request) -> web.Response:
@@ -34,13 +33,13 @@ async def get_message(request: web.Request) -> web.Response:
     # A client that hangs up wakes it too, so its watch and handler end then, not after
     # the whole wait: a client dropping polls in a loop would otherwise pile them up.
     with deps.watchers.watch(msg_id) as watch, on_connection_lost(request, watch.wake):
-        msg = await deps.service.store.get(msg_id)
+        msg = await deps.service.get(msg_id)
         if msg is None:
             raise no_such_message(msg_id)
         baseline = seen or msg.status
         waits = wait > 0 and msg.status is baseline and not msg.status.final
         if waits and await _until_status_changes(request, deps, watch, baseline, wait):
-            msg = await deps.service.store.get(msg_id) or msg
+            msg = await deps.service.get(msg_id) or msg
     return web.json_response(message_resource(msg, detailed=True))
 
 
@@ -58,7 +57,7 @@ async def _until_status_changes(
         if connection_gone(request):
             return False
         woken = True
-        if await store_mod.message_status(deps.service.store, watch.msg_id) is not baseline:
+        if await deps.service.status(watch.msg_id) is not baseline:
             break
     return woken or deps.watchers.closed
 
@@ -116,12 +115,12 @@ async def message_events(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     after = _last_event_id(request)
     msg_id = request.match_info["id"]
-    store = deps.service.store
+    service = deps.service
     # A client that hangs up wakes the watch, ending the stream at once rather than at
     # the next heartbeat (the first write that would fail).
     with deps.watchers.watch(msg_id) as watch, on_connection_lost(request, watch.wake):
-        history = await store_mod.message_history(store, msg_id)
-        if not history and await store_mod.message_status(store, msg_id) is None:
+        history = await service.history(msg_id)
+        if not history and await service.status(msg_id) is None:
             raise no_such_message(msg_id)
         response = web.StreamResponse(
             headers={
@@ -172,4 +171,4 @@ async def _stream(
                 return
             await response.write(HEARTBEAT_LINE)
             continue  # nothing woke us, so nothing changed
-        history = await store_mod.message_history(deps.service.store, watch.msg_id)
+        history = await deps.service.history(watch.msg_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatchd.service import FieldError
+from dispatchd.domain.errors import FieldError, NumberSuppressed
 
 PROBLEM_TYPE = "https://dispatchd.dev/problems/"
 
@@ -53,3 +53,19 @@ class Problem(Exception):
                 {"field": e.field, "code": e.code, "message": e.message} for e in self.errors
             ]
         return body
+
+
+def validation(errors: list[FieldError]) -> Problem:
+    """The 422 listing every invalid field."""
+    return Problem(
+        422,
+        "validation_failed",
+        "The request has invalid fields",
+        " ".join(e.message for e in errors),
+        errors=errors,
+    )
+
+
+def number_suppressed(exc: NumberSuppressed) -> Problem:
+    """The 422 for a number that takes no messages."""
+    return Problem(422, "number_suppressed", "Number suppressed", exc.message)

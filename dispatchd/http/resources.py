@@ -6,7 +6,6 @@ from typing import Any
 
 from dispatchd.domain.models import Message, Status, isoformat
 from dispatchd.http.problems import Problem
-from dispatchd.service import NumberSuppressed
 
 
 def _seconds(value: float | None) -> float | int | None:
@@ -69,11 +68,6 @@ def message_resource(msg: Message, *, detailed: bool = False) -> dict[str, Any]:
             for c in msg.callbacks
         ]
     return out
-
-
-def number_suppressed(exc: NumberSuppressed) -> Problem:
-    """The 422 for a number that takes no messages."""
-    return Problem(422, "number_suppressed", "Number suppressed", exc.message)
 
 
 def no_such_message(msg_id: str) -> Problem:

@@ -2,8 +2,8 @@
 
 `GET /messages/{id}/events` (Server-Sent Events) and `GET /messages/{id}?wait=N` (long
 polling) park a `Watch` here. The daemon wakes the watches of a message whenever
-something may have changed it: every event on the bus that names a message id, and the
-worker's claims, which publish nothing. A wake costs a dict lookup plus one
+something may have changed it: every event on the bus that names a message, including
+the local-only ones (the worker's claims, silent requeues). A wake costs a dict lookup plus one
 `Event.set()` per watcher of that message, so thousands of idle watchers cost nothing
 per delivery; a woken watcher re-reads the message once (wakes may be spurious).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -85,16 +85,11 @@ class Watchers:
         for watch in self._by_id.get(msg_id, ()):
             watch.wake()
 
-    def wake_many(self, ids: Iterable[str]) -> None:
-        if self._by_id:
-            for msg_id in ids:
-                self.wake(msg_id)
-
     def on_event(self, event: Event) -> None:
-        """EventBus listener: wake the watches of the message an event names."""
-        msg_id = event.payload.get("id")
-        if isinstance(msg_id, str) and self._by_id:
-            self.wake(msg_id)
+        """EventBus listener: wake the watches of the messages an event names."""
+        if self._by_id:
+            for msg_id in event.message_ids():
+                self.wake(msg_id)
 
     def close(self) -> None:
         """The server is stopping: end every watch now and any later one at once."""

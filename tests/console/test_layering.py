@@ -1,6 +1,8 @@
 """Layering is a test: the daemon never loads Textual; the console never loads the store.
 
-Each check runs in a fresh interpreter, because this test process has imported everything.
+import-linter checks the imports written in the code (`make imports`); these check what a
+fresh interpreter really loads, lazy and dynamic imports included. Each check runs in a
+fresh interpreter, because this test process has imported everything.
 """
 
 from __future__ import annotations
@@ -8,29 +10,29 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-DAEMON_SIDE = [
-    "dispatchd.cli",
-    "dispatchd.daemon",
-    "dispatchd.control.server",
-    "dispatchd.events",
-    "dispatchd.health",
-    "dispatchd.http.app",
-    "dispatchd.worker",
-    "dispatchd.service",
-    "dispatchd.store.sqlite",
-]
-# What the console must never need: the database and everything that writes to it.
-NOT_FOR_THE_CONSOLE = [
-    "dispatchd.store.sqlite",
-    "dispatchd.worker",
-    "dispatchd.service",
-    "dispatchd.daemon",
-    "dispatchd.control.server",
-    "aiosqlite",
-]
+import dispatchd
+
+pytestmark = pytest.mark.slow  # a fresh interpreter per check
+
+PACKAGE = Path(dispatchd.__file__).parent
+# What the console may load of dispatchd: itself, the control protocol and the domain.
+CONSOLE_MAY_LOAD = ("dispatchd.console", "dispatchd.control.protocol", "dispatchd.domain")
+CONSOLE_PARENTS = {"dispatchd", "dispatchd.control"}  # their __init__ only
+
+
+def daemon_side() -> list[str]:
+    """Every dispatchd module outside dispatchd/console, found on disk (importing none)."""
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[1] == "console" or parts[-1] == "__main__":
+            continue
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
 
 
 def modules_after(code: str) -> set[str]:
@@ -42,8 +44,9 @@ def modules_after(code: str) -> set[str]:
 
 
 def test_the_daemon_side_never_imports_textual() -> None:
-    imports = "\n".join(f"import {m}" for m in DAEMON_SIDE)
-    loaded = modules_after(imports)
+    modules = daemon_side()
+    assert {"dispatchd.daemon", "dispatchd.cli", "dispatchd.control.server"} <= set(modules)
+    loaded = modules_after("\n".join(f"import {m}" for m in modules))
     assert "dispatchd.daemon" in loaded
     assert not {m for m in loaded if m == "textual" or m.startswith("textual.")}
 
@@ -59,7 +62,14 @@ def test_serving_parses_its_command_line_without_textual() -> None:
 
 
 @pytest.mark.parametrize("entry", ["dispatchd.console.app", "dispatchd.console.client"])
-def test_the_console_never_imports_the_store_or_the_worker(entry: str) -> None:
+def test_the_console_loads_only_the_protocol_and_the_domain(entry: str) -> None:
     loaded = modules_after(f"import {entry}")
     assert "textual" in loaded or entry.endswith("client")
-    assert not set(NOT_FOR_THE_CONSOLE) & loaded
+    assert not {"sqlite3", "aiosqlite"} & loaded
+    ours = {m for m in loaded if m == "dispatchd" or m.startswith("dispatchd.")}
+    allowed = {m for m in ours if m in CONSOLE_PARENTS or within(m, CONSOLE_MAY_LOAD)}
+    assert ours - allowed == set()
+
+
+def within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)

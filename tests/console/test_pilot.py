@@ -11,12 +11,16 @@ import pytest
 from textual.widgets import Input
 
 from dispatchd.console.client import ControlClient
-from dispatchd.console.screens import ConfirmScreen, MessageScreen
-from dispatchd.console.widgets import LogEntry, ProviderTable, TrafficLog
+from dispatchd.console.screens.confirm import ConfirmScreen
+from dispatchd.console.screens.message import MessageScreen
+from dispatchd.console.widgets.provider_table import ProviderTable
+from dispatchd.console.widgets.traffic_log import LogEntry, TrafficLog
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
 from tests.console.fakes import MESSAGE, RecordedControl, RecordingApp, msg_id
 from tests.helpers import NUMBER
+
+pytestmark = pytest.mark.slow  # the Textual app driven by a pilot, ~2 s a test
 
 
 @pytest.fixture

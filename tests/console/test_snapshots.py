@@ -10,12 +10,15 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from dispatchd.console.app import ConsoleApp
-from dispatchd.console.screens import MessageScreen
-from dispatchd.console.widgets import TrafficLog
+from dispatchd.console.screens.message import MessageScreen
+from dispatchd.console.widgets.traffic_log import TrafficLog
 from tests.console.fakes import MESSAGE, RecordedControl
+
+pytestmark = pytest.mark.slow  # Textual renders every screen, ~1 s a snapshot
 
 SnapCompare = Callable[..., bool]
 

@@ -53,7 +53,7 @@ async def call(
 def protected_routes(d: Daemon) -> list[tuple[str, str]]:
     """(method, path template) of every route of the real app that is not open."""
     assert d.service is not None
-    app = make_app(WebDeps(d.service, "US", lambda: None))
+    app = make_app(WebDeps(d.service, "US", lambda: None, d.watchers, d.idempotency))
     routes = sorted(
         (route.method, route.resource.canonical)
         for route in app.router.routes()
@@ -172,6 +172,7 @@ async def test_without_keys_the_daemon_refuses_to_listen_beyond_loopback(
     assert not (tmp_path / "dispatchd.db").exists()
 
 
+@pytest.mark.slow
 def test_serve_exits_78_naming_the_key(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "dispatchd.toml"

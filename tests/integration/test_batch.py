@@ -106,33 +106,20 @@ async def test_good_items_are_stored_and_bad_ones_answered_each_in_item_order(
     assert accepted == [one["id"], two["id"]]
 
 
-async def test_a_batch_is_one_transaction_and_wakes_the_worker_once(
-    daemon: Daemon, http: aiohttp.ClientSession
-) -> None:
-    assert daemon.store is not None and daemon.worker is not None
-    assert daemon.service is not None
+async def test_a_batch_is_one_transaction(daemon: Daemon, http: aiohttp.ClientSession) -> None:
     inserts: list[int] = []
-    insert_many = daemon.store.insert_many
+    insert = daemon.store.insert
 
     async def counting_insert(msgs: Any, *args: Any, **kwargs: Any) -> None:
         inserts.append(len(msgs))
-        await insert_many(msgs, *args, **kwargs)
+        await insert(msgs, *args, **kwargs)
 
-    wakes = 0
-    wake = daemon.worker.wake
-
-    def counting_wake() -> None:
-        nonlocal wakes
-        wakes += 1
-        wake()
-
-    daemon.store.insert_many = counting_insert  # type: ignore[method-assign]
-    daemon.service._on_new_work = counting_wake
+    daemon.store.insert = counting_insert  # type: ignore[method-assign]
     items = [{"to_number": f"+1703457{i:04d}", "message": f"n{i}"} for i in range(1000, 1500)]
     status, body = await post_batch(http, daemon, {"messages": items})
     assert status == 200 and body["accepted"] == 500, body
-    # insert_many stores its messages in one transaction: all of them or none.
-    assert (inserts, wakes) == ([500], 1)
+    # One insert stores the batch's messages in one transaction: all of them or none.
+    assert inserts == [500]
     assert stored(daemon) == 500
 
 

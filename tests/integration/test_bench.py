@@ -11,8 +11,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dispatchd.devtools import bench
 from tests.conftest import DaemonFactory, wait_for
+
+pytestmark = pytest.mark.slow  # load runs, and the CLI in a subprocess
 
 
 async def test_bench_runs_every_phase_and_reports_consistent_numbers() -> None:

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import NUMBER, Json
+
+pytestmark = pytest.mark.slow  # providers that fail and hang for a while
 
 UNFINISHED = ("queued", "sending", "sent")
 # Small retries so outages measured in seconds are survived in seconds.

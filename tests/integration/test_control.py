@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from dispatchd.config import Config, ProviderConfig
 from dispatchd.control.server import DEPS, make_control_app
-from dispatchd.daemon import Daemon
+from dispatchd.daemon import Daemon, build
 from dispatchd.domain.errors import ControlSocketError
 from dispatchd.domain.models import Status
 from dispatchd.events import EventBus
@@ -133,7 +134,7 @@ async def test_a_live_socket_is_not_taken_over(
         free_port(),
         control={"socket": str(daemon.config.control_socket)},
     )
-    other = Daemon(other_cfg, rng=random.Random(1))
+    other = await build(other_cfg, time.time, random.Random(1))
     with pytest.raises(ControlSocketError, match="another process is listening"):
         await other.start()
     await other.stop(grace=0.1)
@@ -143,7 +144,8 @@ async def test_a_live_socket_is_not_taken_over(
 async def test_a_file_in_the_way_is_not_deleted(tmp_path: Path, control_path: Path) -> None:
     with control_path.open("w") as fh:
         fh.write("not a socket")
-    d = Daemon(make_config(tmp_path, free_port(), control={"socket": str(control_path)}))
+    cfg = make_config(tmp_path, free_port(), control={"socket": str(control_path)})
+    d = await build(cfg, time.time, random.Random(1))
     with pytest.raises(ControlSocketError, match="not a socket"):
         await d.start()
     await d.stop(grace=0.1)
@@ -460,18 +462,23 @@ def providers() -> list[ProviderConfig]:
 def test_health_window_share_latency_and_state() -> None:
     clock = Clock()
     health = HealthRegistry(providers(), clock=clock, window=60, min_calls=4)
+
+    def call(name: str, ms: float, error: str | None = None) -> None:
+        permit, _ = health.acquire(name)
+        assert permit is not None
+        ok = error is None
+        health.finish(permit, ok=ok, transport_ok=ok, latency_ms=ms, error=error)
+
     for ms in (10.0, 20.0, 30.0, 40.0):
-        health.call_started("a")
-        health.call_ended("a")
-        health.record("a", ok=True, latency_ms=ms, error=None)
-    health.record("b", ok=False, latency_ms=5.0, error="HTTP 500: boom")
+        call("a", ms)
+    call("b", 5.0, "HTTP 500: boom")
     a, b = health.snapshot()
     assert (a["calls"], a["share"], a["success_rate"]) == (4, 0.8, 1.0)
     assert (a["p50_ms"], a["p95_ms"], a["in_flight"]) == (20.0, 40.0, 0)
     assert (a["state"], b["state"]) == ("healthy", "healthy")  # one failure is not a trend
     assert b["last_error"] == "HTTP 500: boom"
     for _ in range(2):
-        health.record("b", ok=False, latency_ms=5.0, error="HTTP 500: boom")
+        call("b", 5.0, "HTTP 500: boom")
     assert health.snapshot()[1]["state"] == "degraded"
     clock.now += 61
     a, b = health.snapshot()

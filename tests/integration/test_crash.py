@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from dispatchd.devtools.bench import Process, free_port, wait_http
 from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow  # real daemon processes, SIGKILLed and restarted
 
 BURST = 300
 FINAL = {"delivered", "failed", "invalid", "expired"}

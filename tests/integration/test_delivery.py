@@ -23,19 +23,13 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from dispatchd.config import Config
-from dispatchd.daemon import Daemon
+from dispatchd.daemon import Daemon, build
 from dispatchd.domain.models import DeliveryReport, Message, Outcome, Status
-from dispatchd.domain.retry import RetryPolicy
-from dispatchd.health import HealthRegistry
-from dispatchd.providers import ProviderClient
 from dispatchd.service import Service
-from dispatchd.store.sqlite import Store
-from dispatchd.worker import Worker, WorkerSettings
+from dispatchd.store.api import Store
+from dispatchd.worker import Worker
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
-from tests.helpers import NUMBER, Json
-
-OTHER_NUMBER = "+17034573323"
-
+from tests.helpers import NUMBER, OTHER_NUMBER, Json
 
 # -- fake providers -----------------------------------------------------------------------
 
@@ -112,19 +106,6 @@ async def fake(aiohttp_server: Any, http: aiohttp.ClientSession) -> FakeFactory:
 # -- daemon helpers -----------------------------------------------------------------------
 
 
-def bare_service(store: Store, cfg: Config, clock: Callable[[], float] = time.time) -> Service:
-    """A Service on `store` with no worker behind it, as a process that is about to die."""
-    return Service(
-        store,
-        cfg.delivery,
-        public_url=cfg.server.public_url,
-        secret="s",
-        suppressed=set(),
-        on_new_work=lambda: None,
-        clock=clock,
-    )
-
-
 def config_for(tmp_path: Path, providers: list[Json], **delivery: Any) -> Config:
     return make_config(
         tmp_path,
@@ -133,6 +114,12 @@ def config_for(tmp_path: Path, providers: list[Json], **delivery: Any) -> Config
         delivery=delivery,
         simulator={"enabled": False},
     )
+
+
+async def accept(service: Service, to: str = NUMBER, text: str = "hello") -> Message:
+    msg = service.prepare(service.validate({"to_number": to, "message": text}))
+    await service.accept([msg])
+    return msg
 
 
 async def post_message(
@@ -161,11 +148,6 @@ async def wait_status(
     return seen[0]
 
 
-def store_of(d: Daemon) -> Store:
-    assert d.store is not None
-    return d.store
-
-
 def attempt_summary(msg: Message) -> list[tuple[str, Outcome, int | None]]:
     return [(a.provider, a.outcome, a.http_status) for a in msg.attempts]
 
@@ -174,7 +156,7 @@ def history_statuses(msg: Message) -> list[Status]:
     return [h.status for h in msg.history]
 
 
-# -- a worker driven by hand --------------------------------------------------------------
+# -- a daemon built but not started: its worker driven by hand --------------------------------
 
 
 class FakeClock:
@@ -187,15 +169,20 @@ class FakeClock:
 
 @dataclass
 class Rig:
-    """Store, service and worker without the daemon loop: `await rig.worker.drain()`."""
+    """A daemon as `build` makes it, never started: `await rig.worker.drain()` delivers."""
 
-    store: Store
-    service: Service
-    worker: Worker
+    daemon: Daemon
+
+    @property
+    def store(self) -> Store:
+        return self.daemon.store
+
+    @property
+    def worker(self) -> Worker:
+        return self.daemon.worker
 
     async def accept(self, to: str = NUMBER, text: str = "hello") -> str:
-        msg = await self.service.accept(self.service.validate({"to_number": to, "message": text}))
-        return msg.id
+        return (await accept(self.daemon.service, to, text)).id
 
     async def get(self, msg_id: str) -> Message:
         msg = await self.store.get(msg_id)
@@ -208,47 +195,18 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
-    opened: list[tuple[Store, aiohttp.ClientSession]] = []
+    built: list[Daemon] = []
 
     async def make(
         providers: list[Json], *, clock: Callable[[], float] = time.time, **delivery: Any
     ) -> Rig:
-        cfg = config_for(tmp_path, providers, **delivery)
-        store = await Store.open(cfg.storage.path)
-        session = aiohttp.ClientSession()
-        opened.append((store, session))
-        service = Service(
-            store,
-            cfg.delivery,
-            public_url=cfg.server.public_url,
-            secret="test-secret",
-            suppressed=await store.suppressed_numbers(),
-            on_new_work=lambda: None,
-            clock=clock,
-        )
-        d = cfg.delivery
-        worker = Worker(
-            store,
-            ProviderClient(session, clock),
-            cfg.providers,
-            WorkerSettings(
-                concurrency=d.concurrency,
-                lease=d.lease,
-                policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
-            ),
-            callback_url=service.callback_url,
-            is_suppressed=service.is_suppressed,
-            clock=clock,
-            rng=random.Random(1),
-            # As the daemon builds it: the test config's breaker cools down in 0.2 s.
-            health=HealthRegistry(cfg.providers, clock=clock, breaker=cfg.breaker_settings()),
-        )
-        return Rig(store, service, worker)
+        d = await build(config_for(tmp_path, providers, **delivery), clock, random.Random(1))
+        built.append(d)
+        return Rig(d)
 
     yield make
-    for store, session in opened:
-        await session.close()
-        await store.close()
+    for d in built:
+        await d.stop(grace=1.0)
 
 
 # -- happy path and the report race -------------------------------------------------------
@@ -261,7 +219,7 @@ async def test_happy_path_sent_then_delivered(
     d = await start_daemon(config_for(tmp_path, [p1.config(1), p2.config(0)]))
     msg_id = await post_message(http, d, text="Your code is 1234")
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT)
+    msg = await wait_status(d.store, msg_id, Status.SENT)
     assert msg.provider == "provider1"
     assert msg.provider_message_id == "provider1-1"
     assert msg.attempt_count == 1
@@ -285,7 +243,7 @@ async def test_happy_path_sent_then_delivered(
     report = {"status": "delivered", "message_id": "provider1-1"}
     async with http.post(callback_url, json=report) as resp:
         assert resp.status == 204
-    msg = await wait_status(store_of(d), msg_id, Status.DELIVERED)
+    msg = await wait_status(d.store, msg_id, Status.DELIVERED)
     assert history_statuses(msg) == [Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED]
 
     async with http.get(f"http://127.0.0.1:{d.port}/messages/{msg_id}") as resp:
@@ -305,12 +263,12 @@ async def test_report_arriving_before_the_providers_answer(
 
     # The worker records the attempt only after the provider's 200, i.e. after the report.
     async def attempt_recorded() -> bool:
-        msg = await store_of(d).get(msg_id)
+        msg = await d.store.get(msg_id)
         return msg is not None and len(msg.attempts) == 1
 
     await wait_for(attempt_recorded, what="the provider's 200 to be processed")
     assert p1.callback_statuses == [204], "the report was accepted before the 200"
-    msg = await store_of(d).get(msg_id)
+    msg = await d.store.get(msg_id)
     assert msg is not None
     assert msg.status is Status.DELIVERED, "a late 200 must not regress delivered to sent"
     assert msg.provider == "provider1"
@@ -352,7 +310,7 @@ async def test_failover_to_the_other_provider(
     d = await start_daemon(config_for(tmp_path, providers, max_attempts=1))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
     assert msg.status is Status.SENT
     assert msg.provider == good.name
     assert msg.provider_message_id == f"{good.name}-1"
@@ -381,7 +339,7 @@ async def test_failover_on_connection_refused(
     d = await start_daemon(config_for(tmp_path, providers, max_attempts=1))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
     assert msg.status is Status.SENT
     assert msg.provider == good.name
     assert attempt_summary(msg) == [
@@ -442,7 +400,7 @@ async def test_rejection_by_one_provider_tries_the_other(
     d = await start_daemon(config_for(tmp_path, [p1.config(1), p2.config(0)]))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
     assert msg.status is Status.SENT
     assert msg.provider == "provider2"
     assert attempt_summary(msg) == [
@@ -461,7 +419,7 @@ async def test_rejection_by_every_provider_fails_without_retry(
     d = await start_daemon(config_for(tmp_path, [p1.config(30), p2.config(70)], max_attempts=5))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.FAILED)
     assert msg.error_code == "provider_rejected"
     assert msg.attempt_count == 1
     assert sorted(attempt_summary(msg)) == [
@@ -485,7 +443,7 @@ async def test_rejection_plus_outage_is_retried(
     d = await start_daemon(config_for(tmp_path, [p1.config(1), p2.config(0)], max_attempts=3))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
     assert msg.status is Status.SENT, "one provider being down is not a verdict on the message"
     assert msg.provider == "provider2"
     assert msg.attempt_count == 2
@@ -503,7 +461,7 @@ async def test_both_down_fails_after_max_attempts(
     d = await start_daemon(config_for(tmp_path, [p1.config(30), p2.config(70)], max_attempts=3))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.FAILED, Status.SENT)
+    msg = await wait_status(d.store, msg_id, Status.FAILED, Status.SENT)
     assert msg.status is Status.FAILED
     assert msg.error_code == "providers_unavailable"
     assert msg.error_detail and "Something went wrong" in msg.error_detail
@@ -533,7 +491,7 @@ async def test_provider_recovering_after_outage_gets_the_message(
     d = await start_daemon(config_for(tmp_path, [p1.config(1), p2.config(0)], max_attempts=5))
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.SENT, Status.FAILED)
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
     assert msg.status is Status.SENT
     assert msg.provider == "provider1"
     assert msg.provider_message_id == "provider1-3"
@@ -591,6 +549,7 @@ async def test_retry_waits_for_backoff(make_rig: RigFactory, fake: FakeFactory) 
 # -- expiry -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_message_expires_while_providers_are_down(
     tmp_path: Path, start_daemon: DaemonFactory, fake: FakeFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -608,7 +567,7 @@ async def test_message_expires_while_providers_are_down(
     d = await start_daemon(cfg)
     msg_id = await post_message(http, d)
 
-    msg = await wait_status(store_of(d), msg_id, Status.EXPIRED, Status.FAILED, Status.SENT)
+    msg = await wait_status(d.store, msg_id, Status.EXPIRED, Status.FAILED, Status.SENT)
     assert msg.status is Status.EXPIRED
     assert msg.error_code == "expired"
     assert msg.attempt_count >= 2, "it was retried before expiring"
@@ -650,20 +609,19 @@ async def test_expiry_with_a_controlled_clock(make_rig: RigFactory, fake: FakeFa
 # -- weighted split -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_weighted_split_end_to_end(
     tmp_path: Path, start_daemon: DaemonFactory, fake: FakeFactory
 ) -> None:
     p1, p2 = await fake("provider1"), await fake("provider2")
     cfg = config_for(tmp_path, [p1.config(30), p2.config(70)], concurrency=64)
     d = await start_daemon(cfg)
-    assert d.service is not None
-    request = d.service.validate({"to_number": NUMBER, "message": "split"})
     total = 2_000
-    for start in range(0, total, 500):
-        await asyncio.gather(*(d.service.accept(request) for _ in range(start, start + 500)))
+    for _ in range(0, total, 500):
+        await asyncio.gather(*(accept(d.service, text="split") for _ in range(500)))
 
     async def all_sent() -> bool:
-        return (await store_of(d).counts()).get("sent", 0) == total
+        return (await d.store.counts()).get("sent", 0) == total
 
     await wait_for(all_sent, within=30, what=f"{total} messages to be sent")
     assert len(p1.requests) + len(p2.requests) == total, "each message was sent exactly once"
@@ -671,7 +629,7 @@ async def test_weighted_split_end_to_end(
     assert 0.26 <= share <= 0.34, f"provider1 got {share:.1%}, want 30% ± 4%"
     by_provider = Counter(
         m.provider
-        for m in await store_of(d).search(to_number=None, status=None, limit=total, cursor=None)
+        for m in await d.store.search(to_number=None, status=None, limit=total, cursor=None)
     )
     assert by_provider == {"provider1": len(p1.requests), "provider2": len(p2.requests)}
 
@@ -685,37 +643,36 @@ async def test_messages_claimed_by_a_crashed_process_are_delivered_after_restart
     p1, p2 = await fake("provider1"), await fake("provider2")
     cfg = config_for(tmp_path, [p1.config(30), p2.config(70)])
 
-    store = await Store.open(cfg.storage.path)
-    service = bare_service(store, cfg)
-    request = service.validate({"to_number": NUMBER, "message": "in flight during a crash"})
-    ids = {(await service.accept(request)).id for _ in range(3)}
-    claimed = await store.claim(time.time(), 10, lease=60)
+    crashed = await build(cfg, time.time, random.Random(1))  # never started: no worker runs
+    ids = {(await accept(crashed.service, text="in flight during a crash")).id for _ in range(3)}
+    claimed = await crashed.store.claim(10, lease=60)
     assert {c.id for c in claimed} == ids
-    assert (await store.counts()) == {"sending": 3}
-    await store.close()  # the process dies before any provider call finishes
+    assert (await crashed.store.counts()) == {"sending": 3}
+    await crashed.stop()  # the process dies before any provider call finishes
 
     d = await start_daemon(cfg)
     for msg_id in ids:
-        msg = await wait_status(store_of(d), msg_id, Status.SENT)
+        msg = await wait_status(d.store, msg_id, Status.SENT)
         assert any(h.detail == "requeued after restart" for h in msg.history)
     assert len(p1.requests) + len(p2.requests) == 3
 
 
 async def test_expired_lease_is_claimed_again(tmp_path: Path) -> None:
     cfg = config_for(tmp_path, [{"name": "p", "url": "http://127.0.0.1:1/send"}])
-    store = await Store.open(cfg.storage.path)
+    clock = FakeClock()
+    d = await build(cfg, clock, random.Random(1))
     try:
-        now = 1_700_000_000.0
-        service = bare_service(store, cfg, clock=lambda: now)
-        request = service.validate({"to_number": NUMBER, "message": "hello"})
-        ids = {(await service.accept(request)).id for _ in range(2)}
+        store = d.store
+        ids = {(await accept(d.service)).id for _ in range(2)}
 
-        first = await store.claim(now, 10, lease=60)
+        first = await store.claim(10, lease=60)
         assert {c.id for c in first} == ids
         assert {c.attempt for c in first} == {1}
-        assert await store.claim(now + 30, 10, lease=60) == [], "the lease still holds"
+        clock.now += 30
+        assert await store.claim(10, lease=60) == [], "the lease still holds"
 
-        again = await store.claim(now + 61, 10, lease=60)
+        clock.now += 31
+        again = await store.claim(10, lease=60)
         assert {c.id for c in again} == ids
         assert {c.attempt for c in again} == {2}
         for msg_id in ids:
@@ -723,9 +680,10 @@ async def test_expired_lease_is_claimed_again(tmp_path: Path) -> None:
             assert msg is not None
             assert msg.status is Status.SENDING
             assert msg.attempt_count == 2
-        assert await store.claim(now + 100, 10, lease=60) == [], "the new lease holds"
+        clock.now += 39
+        assert await store.claim(10, lease=60) == [], "the new lease holds"
     finally:
-        await store.close()
+        await d.stop()
 
 
 # -- suppression --------------------------------------------------------------------------
@@ -739,22 +697,22 @@ async def test_worker_does_not_send_to_a_suppressed_number(
 
     # Process A claims two messages to the same number; while they are in flight a
     # report marks the first one's number invalid, then the process dies.
-    store = await Store.open(cfg.storage.path)
-    service = bare_service(store, cfg)
-    first = await service.accept(service.validate({"to_number": NUMBER, "message": "one"}))
-    second = await service.accept(service.validate({"to_number": NUMBER, "message": "two"}))
-    other = await service.accept(service.validate({"to_number": OTHER_NUMBER, "message": "3"}))
-    await store.claim(time.time(), 10, lease=60)
+    crashed = await build(cfg, time.time, random.Random(1))
+    service = crashed.service
+    first = await accept(service, text="one")
+    second = await accept(service, text="two")
+    other = await accept(service, OTHER_NUMBER, "3")
+    await crashed.store.claim(10, lease=60)
     await service.report(
         first.id, DeliveryReport(Status.INVALID, "pm-1"), service.token(first.id), "provider1"
     )
-    await store.close()
+    await crashed.stop()
 
     d = await start_daemon(cfg)
-    msg = await wait_status(store_of(d), second.id, Status.INVALID, Status.SENT)
+    msg = await wait_status(d.store, second.id, Status.INVALID, Status.SENT)
     assert msg.status is Status.INVALID
     assert msg.error_code == "number_suppressed"
     assert msg.attempts == ()
-    await wait_status(store_of(d), other.id, Status.SENT)
+    await wait_status(d.store, other.id, Status.SENT)
     received = [r["to_number"] for r in p1.requests + p2.requests]
     assert received == [OTHER_NUMBER], "the provider never received the suppressed message"

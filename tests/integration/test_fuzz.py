@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ import requests
 import schemathesis
 from schemathesis import Case, CheckContext, Response
 
-from dispatchd.daemon import Daemon
+from dispatchd.daemon import Daemon, build
 from dispatchd.http.app import PROBLEM_TYPE
 from dispatchd.http.openapi import openapi_document
 from tests.conftest import free_port, make_config
+
+pytestmark = pytest.mark.slow  # schemathesis, every operation
 
 MAX_EXAMPLES = 50
 SEED = 20250131
@@ -114,9 +117,9 @@ class DaemonThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        daemon = self.daemon = Daemon(self.config, rng=random.Random(1))
-        await daemon.start()
+        daemon = self.daemon = await build(self.config, time.time, random.Random(1))
         try:
+            await daemon.start()
             self._up.set()
             await self._stop.wait()
         finally:

@@ -204,7 +204,15 @@ async def guarded(daemon: Daemon) -> AsyncIterator[GuardedFactory]:
 
     async def serve(**limits: Any) -> Guarded:
         assert daemon.service is not None
-        app = make_app(WebDeps(daemon.service, daemon.config.delivery.default_region, lambda: None))
+        app = make_app(
+            WebDeps(
+                daemon.service,
+                daemon.config.delivery.default_region,
+                lambda: None,
+                daemon.watchers,
+                daemon.idempotency,
+            )
+        )
         runner = make_runner(app, **limits)
         runners.append(runner)
         await runner.setup()
@@ -269,6 +277,7 @@ async def test_huge_body_gets_413_before_it_is_all_sent(daemon: Daemon, chunked:
         writer.close()
 
 
+@pytest.mark.slow
 async def test_huge_bodies_are_never_buffered(daemon: Daemon, http: aiohttp.ClientSession) -> None:
     """Eight clients push 32 MiB each (256 MiB in all) while others are served; memory
     grows by a few MiB, not by the bodies."""
@@ -299,6 +308,7 @@ async def test_huge_bodies_are_never_buffered(daemon: Daemon, http: aiohttp.Clie
     assert mem.growth_mib < 32, f"resident memory grew by {mem.growth_mib:.1f} MiB"
 
 
+@pytest.mark.slow
 async def test_compressed_body_is_refused_not_inflated(
     daemon: Daemon, http: aiohttp.ClientSession
 ) -> None:
@@ -318,6 +328,7 @@ async def test_compressed_body_is_refused_not_inflated(
     assert mem.growth_mib < 16, f"resident memory grew by {mem.growth_mib:.1f} MiB"
 
 
+@pytest.mark.slow
 async def test_slow_body_times_out_with_408(daemon: Daemon, short_body_timeout: float) -> None:
     """Headers in, then the body stalls: 408 once the body timeout passes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
@@ -550,7 +561,7 @@ async def test_non_ascii_token_is_401(daemon: Daemon, http: aiohttp.ClientSessio
 
     async def provider_id() -> str | None:
         _, msg, _ = await call(http, "GET", f"{base}/messages/{sent['id']}")
-        return msg["provider_message_id"]  # type: ignore[no-any-return]
+        return msg["provider_message_id"]
 
     await wait_for(provider_id, what="a provider to take the message")
     report = {"status": "delivered", "message_id": await provider_id()}
@@ -745,6 +756,7 @@ async def slowloris() -> AsyncIterator[Callable[[int], Slowloris]]:
         await attack.close()
 
 
+@pytest.mark.slow
 async def test_slowloris_connections_are_cut_off(
     guarded: GuardedFactory, slowloris: Callable[[int], Slowloris]
 ) -> None:
@@ -766,6 +778,7 @@ async def test_slowloris_connections_are_cut_off(
         writer.close()
 
 
+@pytest.mark.slow
 async def test_slow_second_request_is_cut_off_by_keepalive_timeout(
     guarded: GuardedFactory,
 ) -> None:
@@ -791,6 +804,7 @@ async def test_slow_second_request_is_cut_off_by_keepalive_timeout(
     writer.close()
 
 
+@pytest.mark.slow
 async def test_slowloris_does_not_starve_other_clients(
     daemon: Daemon, slowloris: Callable[[int], Slowloris], http: aiohttp.ClientSession
 ) -> None:
@@ -805,6 +819,7 @@ async def test_slowloris_does_not_starve_other_clients(
     assert mem.growth_mib < 64, f"resident memory grew by {mem.growth_mib:.1f} MiB"
 
 
+@pytest.mark.slow
 async def test_connection_flood_evicts_idle_connections_not_clients(
     guarded: GuardedFactory, slowloris: Callable[[int], Slowloris], http: aiohttp.ClientSession
 ) -> None:
@@ -874,5 +889,5 @@ async def test_unparseable_http_gets_problem_json(
 
 def test_default_connection_cap_is_half_the_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
     for soft, expected in ((1024, 512), (20_000, 10_000), (50, 64)):
-        monkeypatch.setattr(dispatchd_connections.resource, "getrlimit", lambda _: (soft, soft))  # noqa: B023
+        monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, soft))  # noqa: B023
         assert dispatchd_connections.default_max_connections() == expected

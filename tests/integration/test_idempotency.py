@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import sqlite3
@@ -15,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd.daemon import Daemon
+from dispatchd.daemon import Daemon, build
 from dispatchd.domain.errors import StoreUnavailable
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import SavedResponse
+from dispatchd.store.api import SavedResponse
+from dispatchd.store.sqlite import SqliteStore
+from dispatchd.store.sqlite.idempotency import PURGE_SAVED_RESPONSES, SELECT_SAVED_RESPONSE
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import INVALID_NUMBER, NUMBER
 
@@ -208,9 +208,9 @@ async def shifted(tmp_path: Path) -> AsyncIterator[tuple[Daemon, list[float]]]:
     """A daemon whose clock the test moves forward (`offset[0]` seconds)."""
     offset = [0.0]
     cfg = make_config(tmp_path, free_port(), api={"idempotency_ttl": 60})
-    d = Daemon(cfg, clock=lambda: time.time() + offset[0], rng=random.Random(1))
-    await d.start()
+    d = await build(cfg, lambda: time.time() + offset[0], random.Random(1))
     try:
+        await d.start()
         yield d, offset
     finally:
         await d.stop(grace=1.0)
@@ -233,11 +233,7 @@ async def test_keys_expire_after_the_ttl_and_are_purged(
     assert await stored(d) == 2
     offset[0] = 200.0
     assert await d.idempotency.purge() == 1
-    assert await store_mod.find_saved_response(d.store, "", "k", time.time()) is None
-
-
-def _keep(saved: SavedResponse, conn: sqlite3.Connection) -> None:
-    conn.execute(store_mod.SAVE_RESPONSE, saved.row())
+    assert await d.store.find_saved_response("", "k", time.time()) is None
 
 
 async def test_the_purge_deletes_in_batches_along_the_expiry_index(daemon: Daemon) -> None:
@@ -246,14 +242,15 @@ async def test_the_purge_deletes_in_batches_along_the_expiry_index(daemon: Daemo
     for i in range(7):
         expires = now - 1 if i < 5 else now + 3600
         saved = SavedResponse("", f"k{i}", "h", 202, "{}", None, now - 10, expires)
-        await daemon.store._write(functools.partial(_keep, saved))
+        await daemon.store.insert([], "", saved)
     assert await daemon.idempotency.purge(batch=2) == 5
-    assert await store_mod.find_saved_response(daemon.store, "", "k6", now) is not None
-    plan = " ".join(await daemon.store.explain(store_mod.PURGE_SAVED_RESPONSES, (now, 1000)))
+    assert await daemon.store.find_saved_response("", "k6", now) is not None
+    assert isinstance(daemon.store, SqliteStore)
+    plan = " ".join(await daemon.store.explain(PURGE_SAVED_RESPONSES, (now, 1000)))
     # The expired rows are found on the expiry index, then deleted by primary key.
     assert "COVERING INDEX idempotency_keys_expiry (expires_at<?)" in plan, plan
     assert "USING PRIMARY KEY (scope=? AND key=?)" in plan, plan
-    lookup = " ".join(await daemon.store.explain(store_mod.SELECT_SAVED_RESPONSE, ("", "k", now)))
+    lookup = " ".join(await daemon.store.explain(SELECT_SAVED_RESPONSE, ("", "k", now)))
     assert "USING PRIMARY KEY (scope=? AND key=?)" in lookup, lookup
 
 

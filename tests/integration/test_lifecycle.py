@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,17 +14,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from dispatchd import daemon as daemon_mod
 from dispatchd import logs
 from dispatchd.daemon import Daemon
 from dispatchd.devtools.bench import Process, free_port, wait_http
-from tests.conftest import DaemonFactory, wait_for
+from dispatchd.store.api import Store
+from dispatchd.store.sqlite import SqliteStore
+from tests.conftest import DaemonFactory, make_config, wait_for
+
+pytestmark = pytest.mark.slow  # daemon processes: signals, sd_notify, reloads
 
 SEND = {"to_number": "+17034573322", "message": "lifecycle"}
 
@@ -50,10 +56,10 @@ def write_config(
 
 
 @pytest.fixture
-def workdir() -> AsyncIterator[Path]:
+def workdir() -> Iterator[Path]:
     # Short path: the control socket must fit in a sockaddr_un.
     path = Path(tempfile.mkdtemp(prefix="dl-", dir="/tmp"))
-    yield path  # type: ignore[misc]
+    yield path
     if not os.environ.get("KEEP_WORKDIR"):
         shutil.rmtree(path, ignore_errors=True)
 
@@ -187,8 +193,11 @@ async def test_sighup_reloads_weights_and_rejects_a_bad_config(workdir: Path) ->
                 body = await get(session, port, msg_id)
                 return body["provider"] if body["status"] in ("sent", "delivered") else None
 
+            async def is_sent(msg_id: str) -> bool:
+                return await provider_of(msg_id) is not None
+
             first = (await post(session, port))["id"]
-            await wait_for(lambda: provider_of(first), what="first message sent")
+            await wait_for(lambda: is_sent(first), what="first message sent")
             assert await provider_of(first) == "provider1"
 
             write_config(workdir, port, sim_port, weights=(0, 100))
@@ -196,7 +205,7 @@ async def test_sighup_reloads_weights_and_rejects_a_bad_config(workdir: Path) ->
             await wait_for(lambda: "event=config_reloaded" in daemon.log_path.read_text())
             ids = [(await post(session, port))["id"] for _ in range(5)]
             for msg_id in ids:
-                await wait_for(lambda m=msg_id: provider_of(m), what="sent after reload")
+                await wait_for(lambda m=msg_id: is_sent(m), what="sent after reload")
                 assert await provider_of(msg_id) == "provider2"
 
             config.write_text(config.read_text().replace("weight = 0", "weight = -5"))
@@ -204,7 +213,7 @@ async def test_sighup_reloads_weights_and_rejects_a_bad_config(workdir: Path) ->
             await wait_for(lambda: "event=config_reload_rejected" in daemon.log_path.read_text())
             assert "providers[0].weight" in daemon.log_path.read_text()
             last = (await post(session, port))["id"]
-            await wait_for(lambda: provider_of(last), what="still delivering")
+            await wait_for(lambda: is_sent(last), what="still delivering")
             assert await provider_of(last) == "provider2", "the old config stays"
     finally:
         assert daemon.stop() == 0
@@ -315,10 +324,14 @@ def test_systemd_unit_is_complete_and_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _sqlite(daemon: Daemon) -> SqliteStore:
+    assert isinstance(daemon.store, SqliteStore)
+    return daemon.store
+
+
 async def _limit_pages(daemon: Daemon, extra: int | None) -> None:
     """Simulate a full disk: cap the database at its current size (None lifts the cap)."""
-    store = daemon.store
-    assert store is not None
+    store = _sqlite(daemon)
 
     def cap() -> None:
         conn = store._writer  # test-only reach into the writer connection
@@ -368,8 +381,7 @@ async def test_full_disk_answers_503_accepts_nothing_and_recovers_by_itself(
 
 async def _set_read_only(daemon: Daemon, on: bool) -> None:
     """Simulate a read-only database (e.g. a remount) on the writer connection."""
-    store = daemon.store
-    assert store is not None
+    store = _sqlite(daemon)
 
     def apply() -> None:
         store._writer.execute(f"PRAGMA query_only = {int(on)}")  # test-only reach
@@ -396,3 +408,44 @@ async def test_read_only_database_answers_503_and_recovers(start_daemon: DaemonF
 
         await wait_for(ready_again, what="the store to recover")
         await post(session, d.port)
+
+
+# -- the supervisor -----------------------------------------------------------------------
+
+
+async def test_a_background_task_that_dies_stops_serve_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dispatchd")
+
+    async def broken_probe_loop(store: Store, interval: float = 1.0) -> None:
+        raise RuntimeError("the probe loop broke")
+
+    monkeypatch.setattr(daemon_mod, "watch_store", broken_probe_loop)
+    cfg = make_config(tmp_path, free_port())
+    async with asyncio.timeout(30):
+        assert await daemon_mod.serve(cfg) == 1, "systemd restarts a daemon that exits non-zero"
+    died = [m for m in caplog.messages if m.startswith("event=store_watch_died")]
+    assert died == ["event=store_watch_died error=RuntimeError('the probe loop broke')"]
+    assert caplog.messages[-1] == "event=stopped", "it stopped cleanly after the failure"
+
+
+async def test_a_dead_worker_fails_the_daemon_and_readiness(
+    start_daemon: DaemonFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = await start_daemon()
+
+    async def broken_claim(limit: int, lease: float) -> list[Any]:
+        raise RuntimeError("a bug in the claim")
+
+    monkeypatch.setattr(d.store, "claim", broken_claim)
+    async with aiohttp.ClientSession() as session:
+        await post(session, d.port)  # wakes the worker, whose next claim raises
+        await wait_for(lambda: d.failed, what="the supervisor to see the worker die")
+        async with session.get(f"http://127.0.0.1:{d.port}/readyz") as resp:
+            assert resp.status == 503
+            assert "worker is not running" in (await resp.json())["detail"]
+    assert "event=worker_died error=RuntimeError('a bug in the claim')" in caplog.messages
+    assert not d.healthy(), "the systemd watchdog is no longer fed"

@@ -132,7 +132,7 @@ async def test_notes_that_keep_the_status_are_not_events(
     msg_id = await send(http)
     await wait_for(lambda: _final(daemon, msg_id), what="delivery")
     assert daemon.service is not None
-    stored = await daemon.service.store.get(msg_id)
+    stored = await daemon.service.get(msg_id)
     assert stored is not None and stored.provider_message_id is not None
     # A duplicate report on a final message is recorded in history, but changes nothing.
     callback = daemon.service.callback_url(msg_id).split(str(daemon.port), 1)[1]
@@ -277,6 +277,7 @@ async def test_shutdown_ends_open_streams_and_long_polls_promptly(
         assert (await resp.json())["status"] == "queued"
 
 
+@pytest.mark.slow
 async def test_clients_that_hang_up_leave_no_watchers_behind(
     daemon: Daemon, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -299,6 +300,7 @@ async def test_clients_that_hang_up_leave_no_watchers_behind(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+@pytest.mark.slow
 async def test_a_thousand_watchers_all_see_their_message_delivered(
     daemon: Daemon,
 ) -> None:

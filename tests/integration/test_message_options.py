@@ -69,6 +69,7 @@ async def status_of(http: aiohttp.ClientSession, d: Daemon, msg_id: str) -> str:
 # -- send_at ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_scheduled_message_waits_for_send_at_then_goes(
     start_daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -127,6 +128,7 @@ async def test_bad_send_at_values_get_field_errors(
 # -- validity_period --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_validity_period_sets_expiry_and_an_unsent_message_expires_then(
     start_daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,6 +45,7 @@ async def send(http: aiohttp.ClientSession, d: Daemon, to: str = NUMBER) -> str:
         return str((await resp.json())["id"])
 
 
+@pytest.mark.slow
 async def test_metrics_follow_messages_requests_and_provider_calls(
     start_daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -82,6 +84,7 @@ async def test_metrics_follow_messages_requests_and_provider_calls(
     assert value(seen, requests, route=report, method="POST", code="204") == 3
 
 
+@pytest.mark.slow
 async def test_failing_providers_show_in_attempts_breakers_and_the_queue(
     start_daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:

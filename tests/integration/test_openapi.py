@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from dispatchd.daemon import Daemon
@@ -63,7 +63,7 @@ class ApiChecker:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
-        resource = Resource(contents=doc, specification=DRAFT202012)
+        resource = DRAFT202012.create_resource(doc)
         self.registry: Registry[Any] = Registry().with_resource(DOC_URI, resource)
 
     def resolve(self, ref: str) -> Any:
@@ -183,7 +183,7 @@ def _codes(problem: dict[str, Any]) -> set[tuple[str, str]]:
 
 async def test_every_route_of_the_app_is_documented_and_nothing_else(daemon: Daemon) -> None:
     assert daemon.service is not None
-    app = make_app(WebDeps(daemon.service, "US", lambda: None))
+    app = make_app(WebDeps(daemon.service, "US", lambda: None, daemon.watchers, daemon.idempotency))
     routes = {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()
@@ -402,7 +402,13 @@ async def test_message_options_and_batch_answers_match_the_document(
         assert api.errors(results, broken), f"the BatchResult schema accepted {broken}"
     # 422: no list, an empty one, one too long; 415: a form; 413: over 2 MiB.
     too_many = [{"to_number": "+17034573322", "message": "x"}] * 1001
-    for bad_batch in ({}, {"messages": []}, {"messages": "x"}, {"messages": too_many}):
+    bad_batches: list[dict[str, Any]] = [
+        {},
+        {"messages": []},
+        {"messages": "x"},
+        {"messages": too_many},
+    ]
+    for bad_batch in bad_batches:
         assert api.request_errors(path, "post", "application/json", bad_batch)
         async with http.post(path, json=bad_batch) as resp:
             assert resp.status == 422

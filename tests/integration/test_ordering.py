@@ -15,8 +15,9 @@ import pytest
 from dispatchd.daemon import Daemon
 from dispatchd.domain.ids import IdGenerator
 from dispatchd.domain.models import ErrorCode, Status
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import Store
+from dispatchd.store.api import Claimed
+from dispatchd.store.sqlite import SqliteStore
+from dispatchd.store.sqlite import ordering as ordering_sql
 from tests.conftest import DaemonFactory, wait_for
 from tests.helpers import NOW, queued_message
 
@@ -28,31 +29,39 @@ B = "+17034573323"
 class Outbox:
     """An ordered or unordered store with messages put in by acceptance order."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self) -> None:
+        self.now = NOW  # the store's clock
         self._ids = IdGenerator()
+        self.claims: dict[str, Claimed] = {}  # the latest claim of each message
+
+    async def open(self, path: Path, *, ordered: bool) -> Outbox:
+        self.store = await SqliteStore.open(path, ordered=ordered, clock=lambda: self.now)
+        return self
 
     async def add(self, number: str, due: float = NOW) -> str:
         msg = queued_message(self._ids.new(), number, NOW, next_attempt_at=due)
-        await self.store.insert(msg)
+        await self.store.insert([msg], "accepted")
         return msg.id
 
     async def claim(self, at: float = NOW) -> set[str]:
-        return {c.id for c in await self.store.claim(at, 100, LEASE)}
+        self.now = at
+        claimed = await self.store.claim(100, LEASE)
+        self.claims.update((c.id, c) for c in claimed)
+        return {c.id for c in claimed}
 
 
 @pytest.fixture
 async def ordered(tmp_path: Path) -> AsyncIterator[Outbox]:
-    store = await Store.open(tmp_path / "ordered.db", ordered=True)
-    yield Outbox(store)
-    await store.close()
+    outbox = await Outbox().open(tmp_path / "ordered.db", ordered=True)
+    yield outbox
+    await outbox.store.close()
 
 
 @pytest.fixture
 async def unordered(tmp_path: Path) -> AsyncIterator[Outbox]:
-    store = await Store.open(tmp_path / "unordered.db")
-    yield Outbox(store)
-    await store.close()
+    outbox = await Outbox().open(tmp_path / "unordered.db", ordered=False)
+    yield outbox
+    await outbox.store.close()
 
 
 # -- the claim ----------------------------------------------------------------------------
@@ -68,13 +77,14 @@ async def test_one_claim_takes_only_the_oldest_due_message_of_each_number(
     assert await ordered.claim() == {a1, b1}
     assert await ordered.claim() == set()  # a1 is sending: a2 waits
     # a1 found no provider: queued again, it is still ahead of a2, and goes first again.
-    await ordered.store.requeue(a1, NOW, ErrorCode.PROVIDERS_UNAVAILABLE, "retry", (), NOW)
+    claims = ordered.claims
+    await ordered.store.requeue(claims[a1], NOW, ErrorCode.PROVIDERS_UNAVAILABLE, "retry", (), NOW)
     assert await ordered.claim() == {a1}
-    await ordered.store.mark_sent(a1, "provider1", "p-1", (), NOW)
+    await ordered.store.mark_sent(claims[a1], "provider1", "p-1", (), NOW)
     assert await ordered.claim() == {a2}
     # A final status frees the next one as well as `sent` does.
-    await ordered.store.finish_unsent(
-        a2, Status.FAILED, ErrorCode.PROVIDERS_UNAVAILABLE, "gave up", (), NOW
+    await ordered.store.finish(
+        claims[a2], Status.FAILED, ErrorCode.PROVIDERS_UNAVAILABLE, "gave up", (), NOW
     )
     assert await ordered.claim() == {a3}
 
@@ -89,8 +99,8 @@ async def test_a_lapsed_lease_is_taken_back_without_letting_the_next_one_pass(
 ) -> None:
     a1, _a2 = await ordered.add(A), await ordered.add(A)
     assert await ordered.claim() == {a1}
-    later = NOW + LEASE + 1
-    claimed = await ordered.store.claim(later, 100, LEASE)
+    ordered.now = NOW + LEASE + 1
+    claimed = await ordered.store.claim(100, LEASE)
     assert [(c.id, c.attempt) for c in claimed] == [(a1, 2)]
 
 
@@ -100,9 +110,9 @@ async def test_a_scheduled_message_holds_back_later_ones_to_its_number(ordered: 
     a2 = await ordered.add(A)
     b1 = await ordered.add(B)
     assert await ordered.claim() == {b1}
-    await ordered.store.mark_sent(b1, "provider1", "p-0", (), NOW)
+    await ordered.store.mark_sent(ordered.claims[b1], "provider1", "p-0", (), NOW)
     assert await ordered.claim(NOW + 100) == {a1}
-    await ordered.store.mark_sent(a1, "provider1", "p-1", (), NOW + 100)
+    await ordered.store.mark_sent(ordered.claims[a1], "provider1", "p-1", (), NOW + 100)
     assert await ordered.claim(NOW + 100) == {a2}
 
 
@@ -121,9 +131,9 @@ async def test_the_worker_does_not_wake_for_a_message_that_must_wait(
 # -- query plans ----------------------------------------------------------------------------
 
 ORDERED_QUERIES = {
-    "claim due": (store_mod.CLAIM_DUE_ORDERED, "messages_due"),
-    "claim expired lease": (store_mod.CLAIM_LEASE_EXPIRED_ORDERED, "messages_leased"),
-    "next due": (store_mod.NEXT_DUE_ORDERED, "messages_due"),
+    "claim due": (ordering_sql.CLAIM_DUE_ORDERED, "messages_due"),
+    "claim expired lease": (ordering_sql.CLAIM_LEASE_EXPIRED_ORDERED, "messages_leased"),
+    "next due": (ordering_sql.NEXT_DUE_ORDERED, "messages_due"),
 }
 
 
@@ -152,7 +162,7 @@ async def test_the_unfinished_index_exists_only_while_ordering_is_on(tmp_path: P
             return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
 
     for ordered, present in ((True, True), (False, False), (True, True)):
-        store = await Store.open(path, ordered=ordered)
+        store = await SqliteStore.open(path, ordered=ordered)
         await store.close()
         assert ("messages_unfinished_by_number" in indexes()) is present
 
@@ -195,6 +205,7 @@ async def _send_and_collect(d: Daemon) -> list[str]:
     return [r["message"] for r in d.simulator.received if r["to_number"] == A]
 
 
+@pytest.mark.slow
 async def test_messages_to_one_number_reach_providers_in_acceptance_order_through_failures(
     start_daemon: DaemonFactory,
 ) -> None:
@@ -203,6 +214,7 @@ async def test_messages_to_one_number_reach_providers_in_acceptance_order_throug
     assert arrived == sorted(arrived) and len(arrived) == COUNT
 
 
+@pytest.mark.slow
 async def test_the_default_mode_sends_them_concurrently_in_any_order(
     start_daemon: DaemonFactory,
 ) -> None:

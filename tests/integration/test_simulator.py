@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from dispatchd.config import SimulatorConfig
 from dispatchd.devtools.simulator import CALLBACKS, SimulatorState, make_simulator_app
@@ -133,7 +133,7 @@ async def _run_script(s: Sim) -> list[tuple[int, str]]:
     for i in range(40):
         resp = await s.send(name=f"p{i % 2}", text=f"m{i}")
         out.append((resp.status, await resp.text()))
-    assert s.client.server.app is not None
+    assert isinstance(s.client.server, TestServer)
     callbacks = s.client.server.app[CALLBACKS]
     await wait_for(lambda: not callbacks, what="every report to be sent")
     return out
@@ -321,6 +321,7 @@ async def test_reports_twice_out_of_order_and_before_the_200(sim: SimFactory) ->
     ]
 
 
+@pytest.mark.slow
 async def test_late_reports_wait_for_callback_delay(sim: SimFactory) -> None:
     s = await sim()
     await s.faults("PUT", "provider1", {"callback_delay": 0.5})

@@ -1,9 +1,14 @@
-"""The store against real SQLite files: group commit, leases, query plans, bad files."""
+"""SQLite only: group commit, restart recovery, query plans, migrations, bad files.
+
+What every backend must do is in tests/contract; this is what the SQLite file adds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +17,9 @@ import pytest
 from dispatchd.domain.errors import StoreError, StoreLocked
 from dispatchd.domain.ids import IdGenerator
 from dispatchd.domain.models import Message, Status
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import Store
+from dispatchd.store.sqlite import SqliteStore, count_messages
+from dispatchd.store.sqlite import messages as sql
+from dispatchd.store.sqlite.schema import SCHEMA_VERSION
 from tests.helpers import NOW, NUMBER, queued_message
 
 
@@ -22,63 +28,90 @@ def _message(ids: IdGenerator, number: str = NUMBER, at: float = NOW) -> Message
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> Store:
-    s = await Store.open(tmp_path / "db" / "dispatchd.db")
-    yield s  # type: ignore[misc]
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "db" / "dispatchd.db", clock=lambda: NOW)
+    yield s
     await s.close()
 
 
-async def test_concurrent_inserts_share_commits_and_all_persist(store: Store) -> None:
+async def test_concurrent_inserts_share_commits_and_all_persist(store: SqliteStore) -> None:
     ids = IdGenerator()
     commits = 0
     original = store._transaction
 
-    def counting(ops):  # type: ignore[no-untyped-def]
+    def counting(ops):
         nonlocal commits
         commits += 1
         return original(ops)
 
     store._transaction = counting  # type: ignore[method-assign]
     msgs = [_message(ids) for _ in range(200)]
-    await asyncio.gather(*(store.insert(m) for m in msgs))
+    await asyncio.gather(*(store.insert([m], "accepted") for m in msgs))
     assert commits < 200, "concurrent inserts should be group-committed"
-    assert store_mod.count_messages(store.path) == 200
+    assert count_messages(store.path) == 200
 
 
-async def test_a_failing_write_does_not_fail_the_others_in_its_batch(store: Store) -> None:
+async def test_a_failing_write_does_not_fail_the_others_in_its_batch(
+    store: SqliteStore,
+) -> None:
     ids = IdGenerator()
     dup = _message(ids)
-    await store.insert(dup)
+    await store.insert([dup], "accepted")
     fresh = [_message(ids) for _ in range(5)]
     results = await asyncio.gather(
-        store.insert(dup), *(store.insert(m) for m in fresh), return_exceptions=True
+        store.insert([dup], "accepted"),
+        *(store.insert([m], "accepted") for m in fresh),
+        store.insert([_message(ids), _message(ids)], "accepted"),
+        return_exceptions=True,
     )
-    assert isinstance(results[0], sqlite3.IntegrityError)
-    assert results[1:] == [None] * 5
-    assert store_mod.count_messages(store.path) == 6
+    assert isinstance(results[0], StoreError)
+    assert isinstance(results[0].__cause__, sqlite3.IntegrityError)
+    assert results[1:] == [None] * 6
+    assert count_messages(store.path) == 8
 
 
-async def test_claim_takes_oldest_due_first_and_leases_them(store: Store) -> None:
-    ids = IdGenerator()
-    old = _message(ids, at=NOW - 10)
-    new = _message(ids, at=NOW)
-    later = _message(ids, at=NOW + 100)
-    for m in (new, later, old):
-        await store.insert(m)
-    claimed = await store.claim(NOW, limit=1, lease=30)
-    assert [c.id for c in claimed] == [old.id]
-    claimed = await store.claim(NOW, limit=10, lease=30)
-    assert [c.id for c in claimed] == [new.id], "not-yet-due messages stay queued"
-    # Nothing else is due until the lease runs out; then the same message comes back.
-    assert await store.claim(NOW + 29, limit=10, lease=30) == []
-    again = await store.claim(NOW + 31, limit=10, lease=30)
-    assert {c.id for c in again} == {old.id, new.id}
-    assert all(c.attempt == 2 for c in again)
-
-
-async def test_second_process_on_the_same_database_is_refused(store: Store) -> None:
+async def test_second_process_on_the_same_database_is_refused(store: SqliteStore) -> None:
     with pytest.raises(StoreLocked):
-        await Store.open(store.path)
+        await SqliteStore.open(store.path)
+
+
+async def test_opening_requeues_what_a_dead_process_left_sending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "restart.db"
+    ids = IdGenerator()
+    store = await SqliteStore.open(path, clock=lambda: NOW)
+    msgs = [replace(_message(ids), status_callback_url="https://hooks.example/s") for _ in "ab"]
+    await store.insert(msgs, "accepted")
+    await store.insert([_message(ids, at=NOW + 3600)], "accepted")  # not due: stays queued
+    claimed = await store.claim(10, 30)
+    assert store.recovered_at_open == 0
+    await store.close()  # the process dies before any provider answers
+
+    caplog.set_level(logging.INFO, logger="dispatchd.store.sqlite")
+    store = await SqliteStore.open(path, clock=lambda: NOW + 5)
+    try:
+        assert store.recovered_at_open == 2
+        assert "event=recovered_after_restart count=2" in caplog.text
+        for msg in msgs:
+            got = await store.get(msg.id)
+            assert got is not None
+            assert (got.status, got.next_attempt_at) == (Status.QUEUED, NOW + 5)
+            assert (got.history[-1].status, got.history[-1].detail) == (
+                Status.QUEUED,
+                "requeued after restart",
+            )
+            assert [c.status for c in got.callbacks][-1] is Status.QUEUED
+        # The old leases are void: their tokens move nothing; a new claim does.
+        assert not await store.mark_sent(claimed[0], "provider1", "p-1", (), NOW + 5)
+        again = await store.claim(10, 30)
+        assert {c.id for c in again} == {m.id for m in msgs}
+        assert {c.attempt for c in again} == {2}
+    finally:
+        await store.close()
+    store = await SqliteStore.open(path, clock=lambda: NOW + 6)
+    assert store.recovered_at_open == 2  # the second claim died with its process too
+    await store.close()
 
 
 async def test_foreign_sqlite_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
@@ -86,39 +119,43 @@ async def test_foreign_sqlite_file_is_refused_with_a_clear_error(tmp_path: Path)
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     with pytest.raises(StoreError, match="not one of dispatchd's"):
-        await Store.open(path)
+        await SqliteStore.open(path)
 
 
 async def test_garbage_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "garbage.db"
     path.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot use"):
-        await Store.open(path)
+        await SqliteStore.open(path)
 
 
 # The hot statements must use an index: their cost is O(log n) in stored messages.
 HOT_QUERIES = {
     "claim due": (
-        store_mod.CLAIM_DUE,
+        sql.CLAIM_DUE,
         {"now": NOW, "limit": 10, "lease_until": NOW},
         "messages_due",
     ),
     "claim expired lease": (
-        store_mod.CLAIM_LEASE_EXPIRED,
+        sql.CLAIM_LEASE_EXPIRED,
         {"now": NOW, "limit": 10, "lease_until": NOW},
         "messages_leased",
     ),
-    "mark sent": (store_mod.MARK_SENT, ("p", "x", NOW, "id"), "PRIMARY KEY"),
+    "mark sent": (sql.MARK_SENT, ("p", "x", NOW, "id", "t"), "PRIMARY KEY"),
+    "mark sent late": (sql.MARK_SENT_LATE, ("p", "x", "id"), "PRIMARY KEY"),
     "apply report": (
-        store_mod.APPLY_REPORT,
+        sql.APPLY_REPORT,
         ("delivered", "x", None, None, NOW, "id"),
         "PRIMARY KEY",
     ),
-    "requeue": (store_mod.REQUEUE, (NOW, "c", "d", NOW, "id"), "PRIMARY KEY"),
-    "report by provider id": (store_mod.SELECT_BY_PROVIDER_ID, ("x",), "provider_message_id"),
-    "next due": (store_mod.NEXT_DUE, (), "messages_due"),
+    "requeue": (sql.REQUEUE, (NOW, "c", "d", NOW, "id", "t"), "PRIMARY KEY"),
+    "finish": (sql.FINISH, ("failed", "c", "d", NOW, "id", "t"), "PRIMARY KEY"),
+    "release": (sql.RELEASE_ONE, (NOW, NOW, "id", "t"), "PRIMARY KEY"),
+    "suppress queued": (sql.END_QUEUED_TO_NUMBER, ("c", "d", NOW, NUMBER), "to_number"),
+    "report by provider id": (sql.SELECT_BY_PROVIDER_ID, ("x",), "provider_message_id"),
+    "next due": (sql.NEXT_DUE, (), "messages_due"),
     "list by number": (
-        store_mod.LIST_MESSAGES[(True, False)],
+        sql.LIST_MESSAGES[(True, False)],
         ("+17034573322", "~", 10),
         "messages_to_number",
     ),
@@ -126,54 +163,55 @@ HOT_QUERIES = {
 
 
 @pytest.mark.parametrize("name", sorted(HOT_QUERIES))
-async def test_hot_queries_use_an_index(store: Store, name: str) -> None:
+async def test_hot_queries_use_an_index(store: SqliteStore, name: str) -> None:
     sql, params, index = HOT_QUERIES[name]
-    plan = await store.explain(sql, params)
+    plan = await store.explain(sql, params if isinstance(params, dict) else list(params))
     print(f"{name}: {plan}")
     assert not any(step.startswith("SCAN messages") for step in plan), plan
     assert any(index in step for step in plan), plan
 
 
-async def test_a_failing_write_alone_leaves_the_store_usable(store: Store) -> None:
+async def test_a_failing_write_alone_leaves_the_store_usable(store: SqliteStore) -> None:
     ids = IdGenerator()
     msg = _message(ids)
-    await store.insert(msg)
-    with pytest.raises(sqlite3.IntegrityError):
-        await store.insert(msg)
-    await store.insert(_message(ids))
-    assert store_mod.count_messages(store.path) == 2
+    await store.insert([msg], "accepted")
+    with pytest.raises(StoreError, match="refused"):
+        await store.insert([msg], "accepted")
+    await store.insert([_message(ids)], "accepted")
+    assert count_messages(store.path) == 2
 
 
 async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     ids = IdGenerator()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     kept = _message(ids)
-    await store.insert(kept)
+    await store.insert([kept], "accepted")
     await store.close()
-    # Turn the file back into what version 1 wrote: no scheduling, validity or callback columns.
+    # Turn the file back into what version 1 wrote: no scheduling, validity or callback
+    # columns, no lease tokens.
     conn = sqlite3.connect(path)
     for trigger in ("webhooks_on_insert", "webhooks_on_status"):
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DROP TABLE webhooks")
     conn.execute("DROP TABLE idempotency_keys")
-    for column in ("send_at", "validity_period", "status_callback_url"):
+    for column in ("send_at", "validity_period", "status_callback_url", "lease_token"):
         conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
 
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         got = await store.get(kept.id)
         assert got is not None and got.body == "hello" and got.send_at is None
         fresh = _message(ids)
-        await store.insert(fresh)
+        await store.insert([fresh], "accepted")
         assert (await store.get(fresh.id)) is not None
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -215,14 +253,15 @@ async def test_a_version_2_database_gets_waiting_callbacks_out_of_the_due_index(
 ) -> None:
     path = tmp_path / "v2.db"
     ids = IdGenerator()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     msg = replace(_message(ids), status_callback_url="http://hooks.example/s")
-    await store.insert(msg)
+    await store.insert([msg], "accepted")
     await store.close()
     conn = sqlite3.connect(path)
     for trigger in ("webhooks_on_insert", "webhooks_on_status"):
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DROP TABLE webhooks")
+    conn.execute("ALTER TABLE messages DROP COLUMN lease_token")
     conn.executescript(V2_WEBHOOKS)
     rows = [
         # (id, message, status, state, attempts, next_attempt_at)
@@ -244,23 +283,23 @@ async def test_a_version_2_database_gets_waiting_callbacks_out_of_the_due_index(
     conn.commit()
     conn.close()
 
-    store = await Store.open(path)
+    store = await SqliteStore.open(path, clock=lambda: NOW)
     try:
-        due = await store_mod.due_webhooks(store, NOW + 100, 10, [])
+        due = await store.due_webhooks(NOW + 100, 10, [])
         assert [(w.id, w.status, w.attempts) for w in due] == [
             (1, "queued", 1),
             (5, "sending", 0),
             (7, "queued", 2),
         ]
         # The recreated trigger queues a change behind the message's pending callbacks.
-        assert [c.id for c in await store.claim(NOW, limit=1, lease=30)] == [msg.id]
+        assert [c.id for c in await store.claim(limit=1, lease=30)] == [msg.id]
         got = await store.get(msg.id)
         assert got is not None and [c.status for c in got.callbacks][-1] == Status.SENDING
     finally:
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         due_at = dict(conn.execute("SELECT id, next_attempt_at FROM webhooks").fetchall())
         assert due_at == {
             1: NOW,
@@ -282,6 +321,43 @@ async def test_a_version_2_database_gets_waiting_callbacks_out_of_the_due_index(
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
         assert triggers == {"webhooks_on_insert", "webhooks_on_status"}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_a_version_3_database_gets_lease_tokens_and_its_leases_requeued(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+    ids = IdGenerator()
+    store = await SqliteStore.open(path, clock=lambda: NOW)
+    leased, waiting = _message(ids), _message(ids, at=NOW + 60)
+    await store.insert([leased, waiting], "accepted")
+    await store.claim(10, 30)
+    await store.close()
+    # Version 3 had no lease_token: its `sending` rows carry none.
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE messages DROP COLUMN lease_token")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+    store = await SqliteStore.open(path, clock=lambda: NOW + 10)
+    try:
+        assert store.recovered_at_open == 1
+        assert await store.message_status(leased.id) is Status.QUEUED
+        [claim] = await store.claim(10, 30)
+        assert (claim.id, claim.attempt) == (leased.id, 2) and claim.token
+        assert await store.mark_sent(claim, "provider1", "p-1", (), NOW + 10)
+        assert await store.message_status(waiting.id) is Status.QUEUED
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+        assert "lease_token" in columns
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()

@@ -22,10 +22,12 @@ from aiohttp import web
 from dispatchd.domain.errors import ConfigError
 from dispatchd.domain.models import Message
 from dispatchd.domain.retry import RetryPolicy
+from dispatchd.events import EventBus
 from dispatchd.http.openapi import openapi_document
-from dispatchd.store import sqlite as store_mod
-from dispatchd.store.sqlite import Store
-from dispatchd.store.sqlite.webhooks import PROMOTE_NEXT_WEBHOOK
+from dispatchd.store.api import DueWebhook
+from dispatchd.store.sqlite import SqliteStore
+from dispatchd.store.sqlite.messages import SELECT_CALLBACKS
+from dispatchd.store.sqlite.webhooks import DUE_WEBHOOKS, NEXT_WEBHOOK_RETRY, PROMOTE_NEXT_WEBHOOK
 from dispatchd.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, Sender, SenderSettings, verify
 from tests.conftest import DaemonFactory, free_port, make_config, wait_for
 from tests.helpers import NOW, NUMBER, Json, queued_message
@@ -364,18 +366,18 @@ def _message(msg_id: str, url: str) -> Message:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "dispatchd.db")
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "dispatchd.db")
     yield s
     await s.close()
 
 
 async def test_backoff_follows_the_injected_clock_then_gives_up(
-    receiver: Receiver, store: Store
+    receiver: Receiver, store: SqliteStore
 ) -> None:
     receiver.answer = lambda call: 500
     clock = [NOW]
-    await store.insert(_message("m-1", receiver.url))
+    await store.insert([_message("m-1", receiver.url)], "accepted")
     policy = RetryPolicy(max_attempts=3, backoff_initial=10.0, backoff_max=100.0)
     async with aiohttp.ClientSession() as session:
         sender = Sender(
@@ -384,6 +386,7 @@ async def test_backoff_follows_the_injected_clock_then_gives_up(
             SenderSettings(SECRET, 2.0, 4, policy, allow_private_addresses=True),
             clock=lambda: clock[0],
             rng=random.Random(1),
+            events=EventBus(),
         )
         await sender.drain()
         assert len(receiver.calls) == 1
@@ -407,12 +410,16 @@ async def test_backoff_follows_the_injected_clock_then_gives_up(
     assert signed_at == [int(NOW), int(NOW + 10), int(NOW + 30)]
 
 
-async def test_without_a_secret_nothing_is_sent_unsigned(receiver: Receiver, store: Store) -> None:
-    await store.insert(_message("m-2", receiver.url))
+async def test_without_a_secret_nothing_is_sent_unsigned(
+    receiver: Receiver, store: SqliteStore
+) -> None:
+    await store.insert([_message("m-2", receiver.url)], "accepted")
     policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
     async with aiohttp.ClientSession() as session:
         settings = SenderSettings("", 2.0, 4, policy, allow_private_addresses=True)
-        sender = Sender(store, session, settings, clock=lambda: NOW)
+        sender = Sender(
+            store, session, settings, clock=lambda: NOW, rng=random.Random(1), events=EventBus()
+        )
         await sender.drain()
     assert receiver.calls == []
     (row,) = (await store.get("m-2") or _message("", "")).callbacks
@@ -422,25 +429,23 @@ async def test_without_a_secret_nothing_is_sent_unsigned(receiver: Receiver, sto
 
 # The due-callback read runs on every status change, on the reader every request shares: a
 # range of the partial index, with no per-row subquery, however many callbacks wait.
-async def test_the_due_callbacks_query_uses_the_indexes(store: Store) -> None:
-    plan = await store.explain(
-        store_mod.DUE_WEBHOOKS, {"now": NOW, "limit": 10, "in_flight": "[1, 2]"}
-    )
+async def test_the_due_callbacks_query_uses_the_indexes(store: SqliteStore) -> None:
+    plan = await store.explain(DUE_WEBHOOKS, {"now": NOW, "limit": 10, "in_flight": "[1, 2]"})
     print(plan)
     assert plan[0].startswith("SEARCH w USING INDEX webhooks_due (next_attempt_at<?)"), plan
     assert not any("CORRELATED" in step or "webhooks_message" in step for step in plan), plan
     assert not any("TEMP B-TREE" in step for step in plan), plan  # the index gives the order
     assert not any(step.startswith("SCAN w ") or step == "SCAN w" for step in plan), plan
-    per_message = await store.explain(store_mod.SELECT_CALLBACKS, ("m-1",))
+    per_message = await store.explain(SELECT_CALLBACKS, ("m-1",))
     assert any("webhooks_message" in step for step in per_message), per_message
     promote = await store.explain(PROMOTE_NEXT_WEBHOOK, {"id": 1, "now": NOW})
     assert any("webhooks_message" in step for step in promote), promote
     assert not any(step.startswith("SCAN") for step in promote), promote
-    retry = await store.explain(store_mod.NEXT_WEBHOOK_RETRY, (NOW,))
+    retry = await store.explain(NEXT_WEBHOOK_RETRY, (NOW,))
     assert any("webhooks_due" in step for step in retry), retry
 
 
-async def _change_status(store: Store, msg_ids: list[str], *statuses: str) -> None:
+async def _change_status(store: SqliteStore, msg_ids: list[str], *statuses: str) -> None:
     """Move the messages through `statuses` (each change queues a callback per message)."""
 
     def op(conn: sqlite3.Connection) -> None:
@@ -472,11 +477,12 @@ def _vm_steps(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> tup
     return rows, steps
 
 
-async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: Store) -> None:
+@pytest.mark.slow
+async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: SqliteStore) -> None:
     # A receiver that is down: every message's first callback waits on a backoff and its
     # next three are queued behind it.
     ids = [f"m-{i:05d}" for i in range(3000)]
-    await store.insert_many([_message(i, "http://hooks.example/status") for i in ids])
+    await store.insert([_message(i, "http://hooks.example/status") for i in ids], "accepted")
     await _change_status(store, ids, "sending", "sent", "delivered")
 
     def backoff(conn: sqlite3.Connection) -> None:
@@ -495,7 +501,7 @@ async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: St
             3000
         )
         params: dict[str, Any] = {"now": NOW, "limit": 16, "in_flight": "[]"}
-        rows, idle_steps = _vm_steps(conn, store_mod.DUE_WEBHOOKS, params)
+        rows, idle_steps = _vm_steps(conn, DUE_WEBHOOKS, params)
         assert rows == []
         # Ten receivers come back: their first callbacks are due, the rest still wait.
         conn.execute(
@@ -504,7 +510,7 @@ async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: St
             (NOW - 1,),
         )
         conn.commit()
-        rows, due_steps = _vm_steps(conn, store_mod.DUE_WEBHOOKS, params)
+        rows, due_steps = _vm_steps(conn, DUE_WEBHOOKS, params)
         print(f"VM steps with 12,000 callbacks stored: {idle_steps} idle, {due_steps} for 10 due")
         assert [(r[1], r[3]) for r in rows] == [(i, "queued") for i in ids[:10]]
         # Proportional to what is due, not to the 9,000 waiting rows (the per-row NOT EXISTS
@@ -513,18 +519,18 @@ async def test_a_backlog_of_waiting_callbacks_keeps_the_due_read_cheap(store: St
         assert due_steps < 1000
     finally:
         conn.close()
-    due = await store_mod.due_webhooks(store, NOW, 16, [])
+    due = await store.due_webhooks(NOW, 16, [])
     assert [(w.message_id, w.status, w.attempts) for w in due] == [
         (i, "queued", 1) for i in ids[:10]
     ]
 
 
 async def test_order_per_message_holds_through_retries_and_give_ups(
-    receiver: Receiver, store: Store
+    receiver: Receiver, store: SqliteStore
 ) -> None:
     ids = ["m-a", "m-b", "m-c", "m-d"]
     for msg_id in ids:
-        await store.insert(_message(msg_id, receiver.url))
+        await store.insert([_message(msg_id, receiver.url)], "accepted")
     await _change_status(store, ids, "sending", "sent", "delivered")
     tries: Counter[tuple[str, str]] = Counter()
 
@@ -543,7 +549,9 @@ async def test_order_per_message_holds_through_retries_and_give_ups(
     policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
     settings = SenderSettings(SECRET, 2.0, 8, policy, allow_private_addresses=True)
     async with aiohttp.ClientSession() as session:
-        sender = Sender(store, session, settings, clock=lambda: NOW, rng=random.Random(1))
+        sender = Sender(
+            store, session, settings, clock=lambda: NOW, rng=random.Random(1), events=EventBus()
+        )
         await sender.drain()
 
     by_message = {i: receiver.statuses(_for(receiver, i)) for i in ids}
@@ -560,8 +568,10 @@ async def test_order_per_message_holds_through_retries_and_give_ups(
     assert all(c.finished_at == NOW for cs in rows.values() for c in cs)
 
 
-async def test_a_new_callback_waits_behind_a_pending_one(receiver: Receiver, store: Store) -> None:
-    await store.insert(_message("m-w", receiver.url))
+async def test_a_new_callback_waits_behind_a_pending_one(
+    receiver: Receiver, store: SqliteStore
+) -> None:
+    await store.insert([_message("m-w", receiver.url)], "accepted")
     await _change_status(store, ["m-w"], "sending", "sent")
     conn = sqlite3.connect(store.path)
     try:
@@ -574,8 +584,15 @@ async def test_a_new_callback_waits_behind_a_pending_one(receiver: Receiver, sto
         policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
         settings = SenderSettings(SECRET, 2.0, 8, policy, allow_private_addresses=True)
         async with aiohttp.ClientSession() as session:
-            sender = Sender(store, session, settings, clock=lambda: NOW + 5)
-            [first] = await store_mod.due_webhooks(store, NOW + 5, 8, [])
+            sender = Sender(
+                store,
+                session,
+                settings,
+                clock=lambda: NOW + 5,
+                rng=random.Random(1),
+                events=EventBus(),
+            )
+            [first] = await store.due_webhooks(NOW + 5, 8, [])
             await sender.send(first)
         # Settling the first gives the next its turn, in the same transaction.
         assert conn.execute(due_at, ("m-w",)).fetchall() == [
@@ -589,16 +606,18 @@ async def test_a_new_callback_waits_behind_a_pending_one(receiver: Receiver, sto
 
 # Stopping while the run loop reads due rows: the rows it read are not started (they would
 # run on a session the daemon is closing), and stop() returns only once the loop has ended.
-async def test_stop_during_a_read_starts_no_sends(receiver: Receiver, store: Store) -> None:
-    await store.insert(_message("m-s", receiver.url))
+async def test_stop_during_a_read_starts_no_sends(receiver: Receiver, store: SqliteStore) -> None:
+    await store.insert([_message("m-s", receiver.url)], "accepted")
     policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, backoff_max=0.0)
     settings = SenderSettings(SECRET, 2.0, 4, policy, allow_private_addresses=True)
     async with aiohttp.ClientSession() as session:
-        sender = Sender(store, session, settings, clock=lambda: NOW)
+        sender = Sender(
+            store, session, settings, clock=lambda: NOW, rng=random.Random(1), events=EventBus()
+        )
         read_due = sender._due
         reading, release = asyncio.Event(), asyncio.Event()
 
-        async def slow_due(now: float, limit: int) -> list[store_mod.DueWebhook]:
+        async def slow_due(now: float, limit: int) -> list[DueWebhook]:
             reading.set()
             await release.wait()
             return await read_due(now, limit)

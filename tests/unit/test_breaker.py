@@ -29,13 +29,13 @@ SETTINGS = BreakerSettings(
 
 def test_a_run_of_failures_opens_the_breaker_and_blocks_traffic() -> None:
     b = Breaker(SETTINGS, now=0)
-    assert b.record(1, ok=False, latency_ms=5) == []
-    b.record(1, ok=False, latency_ms=5)
-    changes = b.record(1, ok=False, latency_ms=5)
+    assert b.record(1, ok=False, latency_ms=5, probe=False) == []
+    b.record(1, ok=False, latency_ms=5, probe=False)
+    changes = b.record(1, ok=False, latency_ms=5, probe=False)
     assert b.state is BreakerState.OPEN
     assert [(c.kind, c.before, c.after) for c in changes] == [("breaker", "closed", "open")]
     assert "3 failures in a row" in changes[0].reason
-    assert not b.routable(5)
+    assert not b.admits(5)
     assert b.acquire(5) == (False, None)
     assert b.next_change_at() == 11
 
@@ -43,7 +43,7 @@ def test_a_run_of_failures_opens_the_breaker_and_blocks_traffic() -> None:
 def test_a_success_resets_the_run() -> None:
     b = Breaker(SETTINGS, now=0)
     for ok in (False, False, True, False, False):
-        b.record(1, ok=ok, latency_ms=5)
+        b.record(1, ok=ok, latency_ms=5, probe=False)
     assert b.state is BreakerState.CLOSED
 
 
@@ -51,30 +51,30 @@ def test_error_rate_over_the_window_opens_the_breaker() -> None:
     b = Breaker(SETTINGS, now=0)
     # Alternating outcomes never make a run of 3, but half of 10 calls failed.
     for i in range(10):
-        b.record(1, ok=i % 2 == 0, latency_ms=5)
+        b.record(1, ok=i % 2 == 0, latency_ms=5, probe=False)
     assert b.state is BreakerState.OPEN
 
 
 def test_old_failures_leave_the_window() -> None:
     b = Breaker(SETTINGS, now=0)
     for i in range(9):
-        b.record(1, ok=i % 2 == 0, latency_ms=5)
+        b.record(1, ok=i % 2 == 0, latency_ms=5, probe=False)
     # 40 s later the earlier calls are out of the 30 s window: one failure is no rate.
-    b.record(41, ok=False, latency_ms=5)
+    b.record(41, ok=False, latency_ms=5, probe=False)
     assert b.state is BreakerState.CLOSED
 
 
 def test_half_open_probes_one_at_a_time_and_closes_after_enough_successes() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     allowed, change = b.acquire(10)
     assert allowed and change is not None and change.after == "half_open"
     assert b.acquire(10) == (False, None), "only one probe in flight"
-    b.record(10.1, ok=True, latency_ms=5)
+    b.record(10.1, ok=True, latency_ms=5, probe=True)
     assert b.state is BreakerState.HALF_OPEN
     assert b.acquire(10.2)[0]
-    changes = b.record(10.3, ok=True, latency_ms=5)
+    changes = b.record(10.3, ok=True, latency_ms=5, probe=True)
     assert b.state is BreakerState.CLOSED
     assert any(c.after == "closed" for c in changes)
 
@@ -82,13 +82,13 @@ def test_half_open_probes_one_at_a_time_and_closes_after_enough_successes() -> N
 def test_a_failed_probe_opens_it_again_for_a_new_cooldown() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     assert b.acquire(10)[0]
-    changes = b.record(10.5, ok=False, latency_ms=5)
+    changes = b.record(10.5, ok=False, latency_ms=5, probe=True)
     assert b.state is BreakerState.OPEN
     assert changes[0].reason == "a probe failed"
-    assert not b.routable(15)
-    assert b.routable(20.5)
+    assert not b.admits(15)
+    assert b.admits(20.5)
 
 
 def test_errors_shift_weight_away_gradually_bounded_and_it_decays_back() -> None:
@@ -99,7 +99,7 @@ def test_errors_shift_weight_away_gradually_bounded_and_it_decays_back() -> None
     for _ in range(20):
         t += 5
         for i in range(4):
-            b.record(t, ok=i != 0, latency_ms=5)
+            b.record(t, ok=i != 0, latency_ms=5, probe=False)
         factors.append(b.weight_factor())
     assert b.state is BreakerState.CLOSED
     assert factors[0] == 0.9, "one step per interval, not all at once"
@@ -117,7 +117,7 @@ def test_errors_shift_weight_away_gradually_bounded_and_it_decays_back() -> None
 
 def test_slow_answers_also_shift_weight() -> None:
     b = Breaker(SETTINGS, now=0)
-    changes = b.record(6, ok=True, latency_ms=2500)
+    changes = b.record(6, ok=True, latency_ms=2500, probe=False)
     assert [c.kind for c in changes] == ["weight"]
     assert b.weight_factor() < 1.0
 
@@ -125,7 +125,7 @@ def test_slow_answers_also_shift_weight() -> None:
 def test_time_alone_half_opens_a_cooled_down_breaker() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     assert [c.after for c in b.tick(9.9) if c.kind == "breaker"] == []
     changes = b.tick(10)
     assert [(c.kind, c.after) for c in changes if c.kind == "breaker"] == [("breaker", "half_open")]
@@ -136,7 +136,7 @@ def test_time_alone_half_opens_a_cooled_down_breaker() -> None:
 def test_a_cancelled_probe_gives_its_slot_back() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     assert b.acquire(10)[0]
     assert not b.admits(10)
     b.release(probe=True)
@@ -148,7 +148,7 @@ def test_a_cancelled_probe_gives_its_slot_back() -> None:
 def test_in_half_open_only_probes_move_the_breaker() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     assert b.acquire(10)[0]
     # Answers to calls admitted before the opening arrive late: they prove nothing now.
     changes = b.record(10.1, ok=False, latency_ms=5, probe=False)
@@ -162,13 +162,13 @@ def test_in_half_open_only_probes_move_the_breaker() -> None:
 def test_the_error_rate_counts_only_the_window() -> None:
     b = Breaker(SETTINGS, now=0)
     for i in range(9):  # 5 of 9 failed, never 3 in a row; below min_calls
-        b.record(0, ok=i % 2 == 1, latency_ms=5)
+        b.record(0, ok=i % 2 == 1, latency_ms=5, probe=False)
     # 31 s later those have left the 30 s window: 1 failure in 2 calls is no rate yet.
-    b.record(31, ok=True, latency_ms=5)
-    b.record(31, ok=False, latency_ms=5)
+    b.record(31, ok=True, latency_ms=5, probe=False)
+    b.record(31, ok=False, latency_ms=5, probe=False)
     assert b.state is BreakerState.CLOSED
     for i in range(8):  # then 5 of 10 calls failed: the rate opens it
-        b.record(31, ok=i % 2 == 0, latency_ms=5)
+        b.record(31, ok=i % 2 == 0, latency_ms=5, probe=False)
     assert b.state is BreakerState.OPEN
     assert b.reason == "error rate 50% over 10 calls"
 
@@ -176,7 +176,7 @@ def test_the_error_rate_counts_only_the_window() -> None:
 def test_reconfigure_keeps_the_state_and_applies_the_new_cooldown() -> None:
     b = Breaker(SETTINGS, now=0)
     for _ in range(3):
-        b.record(0, ok=False, latency_ms=5)
+        b.record(0, ok=False, latency_ms=5, probe=False)
     b.shift = 0.8
     narrower = BreakerSettings(cooldown=60.0, max_shift=0.5)
     b.reconfigure(narrower)

@@ -182,6 +182,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_bad_config_exits_78_naming_key(tmp_path: Path) -> None:
     path = write(tmp_path, "[delivery]\nconcurency = 3\n", name="bad.toml")
     proc = run_cli("serve", "--config", str(path), cwd=tmp_path)
@@ -192,6 +193,7 @@ def test_cli_bad_config_exits_78_naming_key(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()
 
 
+@pytest.mark.slow
 def test_cli_missing_config_exits_78(tmp_path: Path) -> None:
     proc = run_cli("serve", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert proc.returncode == 78

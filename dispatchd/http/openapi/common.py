@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from dispatchd.domain.sending import MAX_SCHEDULE_AHEAD
 from dispatchd.http.bodies import MAX_NESTING
-from dispatchd.service import MAX_SCHEDULE_AHEAD
 
 API_VERSION: Final = "0.1.0"
 E164_PATTERN: Final = r"^\+[1-9][0-9]{1,14}$"

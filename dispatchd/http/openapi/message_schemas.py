@@ -6,6 +6,7 @@ from typing import Final
 
 from dispatchd.domain.encoding import Encoding
 from dispatchd.domain.models import ErrorCode, Outcome, Status
+from dispatchd.domain.sending import MAX_VALIDITY
 from dispatchd.http.openapi.common import (
     _TIMESTAMP,
     E164_PATTERN,
@@ -13,7 +14,6 @@ from dispatchd.http.openapi.common import (
     _nullable,
     _ref,
 )
-from dispatchd.service import MAX_VALIDITY
 
 # -- schemas ------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from dispatchd.domain.models import REPORT_STATUSES
+from dispatchd.domain.sending import MAX_URL_LENGTH, MAX_VALIDITY
 from dispatchd.http.batches import MAX_BATCH_ITEMS
 from dispatchd.http.openapi.common import (
     FIELD_ERROR_CODES,
@@ -13,7 +14,6 @@ from dispatchd.http.openapi.common import (
     Schema,
     _ref,
 )
-from dispatchd.service import MAX_URL_LENGTH, MAX_VALIDITY
 
 _FIELD_ERROR: Final[Schema] = {
     "type": "object",

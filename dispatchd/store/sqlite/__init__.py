@@ -1,182 +1,28 @@
-"""SQLite persistence: the only package that speaks SQL. Callers import from here.
+"""SQLite persistence: the only backend that speaks SQL, and none of it leaves the package.
 
-- `schema`: the database file — schema, migrations, pragmas, the process lock, connections.
-- `messages`: message SQL, the records `Store` returns, row mapping, in-transaction steps.
-- `core`: the `Store` — group-committed writes on one writer thread, reads beside them.
+- `core`: `SqliteStore`, the `dispatchd.store.api.Store` contract on one file:
+  group-committed writes on one writer thread, reads beside them.
+- `schema`: the database file: schema, migrations, pragmas, the process lock, connections.
+- `messages`: message SQL, row mapping and the steps write transactions run.
 - `ordering`: the claim SQL for per-recipient ordering.
-- `console`, `webhooks`, `idempotency`, `live`: the SQL of one feature each, as module
-  functions taking a `Store`.
+- `console`, `webhooks`, `idempotency`, `live`: the SQL of one feature each.
 - `offline`: synchronous helpers for the benchmark, never used by the running daemon.
 """
 
 from __future__ import annotations
 
-from dispatchd.store.sqlite.console import (
-    COUNT_WAITING_RETRY,
-    DELETE_SUPPRESSION,
-    INSERT_NOTE,
-    OLDEST_QUEUED,
-    QueueStats,
-    add_note,
-    lift_suppression,
-    queue_stats,
-)
-from dispatchd.store.sqlite.core import Store
-from dispatchd.store.sqlite.idempotency import (
-    PURGE_SAVED_RESPONSES,
-    SELECT_SAVED_RESPONSE,
-    find_saved_response,
-    purge_saved_responses,
-)
-from dispatchd.store.sqlite.live import SELECT_STATUS_ONLY, message_history, message_status
-from dispatchd.store.sqlite.messages import (
-    APPLY_REPORT,
-    CLAIM_DUE,
-    CLAIM_LEASE_EXPIRED,
-    COUNT_BY_STATUS,
-    FINISH_UNSENT,
-    GET_META,
-    INSERT_ATTEMPT,
-    INSERT_HISTORY,
-    INSERT_MESSAGE,
-    INSERT_SUPPRESSION,
-    LIST_MESSAGES,
-    MARK_SENT,
-    MARK_SENT_LATE,
-    MESSAGE_COLUMNS,
-    NEXT_DUE,
-    NEXT_LEASE_END,
-    PROBE_UNDO,
-    PROBE_WRITE,
-    PUT_META,
-    QUEUED_TO_NUMBER,
-    RELEASE_ALL_LEASES,
-    RELEASE_ONE,
-    REQUEUE,
-    SAVE_RESPONSE,
-    SELECT_ATTEMPTS,
-    SELECT_BY_PROVIDER_ID,
-    SELECT_CALLBACKS,
-    SELECT_HISTORY,
-    SELECT_MESSAGE,
-    SELECT_STATUS,
-    SELECT_SUPPRESSIONS,
-    Claimed,
-    ReportResult,
-    SavedResponse,
-    WriteOp,
-)
+from dispatchd.store.sqlite.core import SqliteStore
 from dispatchd.store.sqlite.offline import (
-    COUNT_MESSAGES,
-    COUNT_UNFINISHED,
-    DELIVERY_LATENCIES,
     count_messages,
     count_unfinished,
     delivery_latencies,
     seed_backlog,
 )
-from dispatchd.store.sqlite.ordering import (
-    CLAIM_DUE_ORDERED,
-    CLAIM_LEASE_EXPIRED_ORDERED,
-    CREATE_UNFINISHED_INDEX,
-    DROP_UNFINISHED_INDEX,
-    NEXT_DUE_ORDERED,
-)
-from dispatchd.store.sqlite.schema import (
-    APPLICATION_ID,
-    BUSY_TIMEOUT_MS,
-    CACHE_KIB,
-    MIGRATIONS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    database_files,
-)
-from dispatchd.store.sqlite.webhooks import (
-    DUE_WEBHOOKS,
-    NEXT_WEBHOOK_RETRY,
-    SETTLE_WEBHOOK,
-    DueWebhook,
-    due_webhooks,
-    next_webhook_retry,
-    settle_webhook,
-)
 
 __all__ = [
-    "APPLICATION_ID",
-    "APPLY_REPORT",
-    "BUSY_TIMEOUT_MS",
-    "CACHE_KIB",
-    "CLAIM_DUE",
-    "CLAIM_DUE_ORDERED",
-    "CLAIM_LEASE_EXPIRED",
-    "CLAIM_LEASE_EXPIRED_ORDERED",
-    "COUNT_BY_STATUS",
-    "COUNT_MESSAGES",
-    "COUNT_UNFINISHED",
-    "COUNT_WAITING_RETRY",
-    "CREATE_UNFINISHED_INDEX",
-    "DELETE_SUPPRESSION",
-    "DELIVERY_LATENCIES",
-    "DROP_UNFINISHED_INDEX",
-    "DUE_WEBHOOKS",
-    "FINISH_UNSENT",
-    "GET_META",
-    "INSERT_ATTEMPT",
-    "INSERT_HISTORY",
-    "INSERT_MESSAGE",
-    "INSERT_NOTE",
-    "INSERT_SUPPRESSION",
-    "LIST_MESSAGES",
-    "MARK_SENT",
-    "MARK_SENT_LATE",
-    "MESSAGE_COLUMNS",
-    "MIGRATIONS",
-    "NEXT_DUE",
-    "NEXT_DUE_ORDERED",
-    "NEXT_LEASE_END",
-    "NEXT_WEBHOOK_RETRY",
-    "OLDEST_QUEUED",
-    "PROBE_UNDO",
-    "PROBE_WRITE",
-    "PURGE_SAVED_RESPONSES",
-    "PUT_META",
-    "QUEUED_TO_NUMBER",
-    "RELEASE_ALL_LEASES",
-    "RELEASE_ONE",
-    "REQUEUE",
-    "SAVE_RESPONSE",
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "SELECT_ATTEMPTS",
-    "SELECT_BY_PROVIDER_ID",
-    "SELECT_CALLBACKS",
-    "SELECT_HISTORY",
-    "SELECT_MESSAGE",
-    "SELECT_SAVED_RESPONSE",
-    "SELECT_STATUS",
-    "SELECT_STATUS_ONLY",
-    "SELECT_SUPPRESSIONS",
-    "SETTLE_WEBHOOK",
-    "Claimed",
-    "DueWebhook",
-    "QueueStats",
-    "ReportResult",
-    "SavedResponse",
-    "Store",
-    "WriteOp",
-    "add_note",
+    "SqliteStore",
     "count_messages",
     "count_unfinished",
-    "database_files",
     "delivery_latencies",
-    "due_webhooks",
-    "find_saved_response",
-    "lift_suppression",
-    "message_history",
-    "message_status",
-    "next_webhook_retry",
-    "purge_saved_responses",
-    "queue_stats",
     "seed_backlog",
-    "settle_webhook",
 ]

@@ -1,4 +1,4 @@
-"""The `Store`: message writes group-committed on one writer thread, reads beside them.
+"""`SqliteStore`: the store contract on one SQLite file.
 
 Writes go through one connection on one thread and are group-committed: every
 write requested while the previous transaction was being committed is applied
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,17 +28,34 @@ from dispatchd.domain.models import (
     Attempt,
     DeliveryReport,
     ErrorCode,
+    HistoryEntry,
     Message,
     Status,
 )
+from dispatchd.store.api import (
+    Claimed,
+    DueWebhook,
+    QueueStats,
+    ReportResult,
+    SavedResponse,
+    Store,
+)
+from dispatchd.store.sqlite.console import (
+    COUNT_WAITING_RETRY,
+    DELETE_SUPPRESSION,
+    INSERT_NOTE,
+    OLDEST_QUEUED,
+)
+from dispatchd.store.sqlite.idempotency import PURGE_SAVED_RESPONSES, SELECT_SAVED_RESPONSE
+from dispatchd.store.sqlite.live import SELECT_STATUS_ONLY
 from dispatchd.store.sqlite.messages import (
     APPLY_REPORT,
     CLAIM_DUE,
     CLAIM_LEASE_EXPIRED,
     COUNT_BY_STATUS,
+    FINISH,
     GET_META,
     INSERT_HISTORY,
-    INSERT_MESSAGE,
     LIST_MESSAGES,
     MARK_SENT,
     MARK_SENT_LATE,
@@ -48,7 +67,6 @@ from dispatchd.store.sqlite.messages import (
     RELEASE_ALL_LEASES,
     RELEASE_ONE,
     REQUEUE,
-    SAVE_RESPONSE,
     SELECT_ATTEMPTS,
     SELECT_BY_PROVIDER_ID,
     SELECT_CALLBACKS,
@@ -56,17 +74,14 @@ from dispatchd.store.sqlite.messages import (
     SELECT_MESSAGE,
     SELECT_STATUS,
     SELECT_SUPPRESSIONS,
-    Claimed,
-    ReportResult,
-    SavedResponse,
     T,
     WriteOp,
     _callbacks_from_rows,
-    _finish_unsent,
+    _claimed_from_row,
+    _history_from_rows,
     _Insert,
     _insert_attempts,
     _message_from_row,
-    _message_params,
     _report_error,
     _run_ops,
     _suppress,
@@ -80,6 +95,12 @@ from dispatchd.store.sqlite.ordering import (
     _index_unfinished,
 )
 from dispatchd.store.sqlite.schema import BUSY_TIMEOUT_MS, CACHE_KIB, _connect, _lock, _prepare
+from dispatchd.store.sqlite.webhooks import (
+    DUE_WEBHOOKS,
+    NEXT_WEBHOOK_RETRY,
+    PROMOTE_NEXT_WEBHOOK,
+    SETTLE_WEBHOOK,
+)
 
 # The package's name, so log lines from every module of the backend share one logger.
 logger = logging.getLogger("dispatchd.store.sqlite")
@@ -100,8 +121,17 @@ def _is_unavailable(exc: sqlite3.Error) -> bool:
     return (code & 0xFF) in transient
 
 
-class Store:
-    """Durable messages, attempts, history and suppressions."""
+def _release_all_leases(conn: sqlite3.Connection, now: float) -> int:
+    """Requeue what a previous process claimed but never finished (safe under the file lock)."""
+    ids = [r[0] for r in conn.execute(RELEASE_ALL_LEASES, {"now": now}).fetchall()]
+    conn.executemany(
+        INSERT_HISTORY, [(i, Status.QUEUED.value, now, "requeued after restart") for i in ids]
+    )
+    return len(ids)
+
+
+class SqliteStore:
+    """Durable messages, attempts, history, suppressions, idempotency keys and callbacks."""
 
     def __init__(
         self,
@@ -112,6 +142,7 @@ class Store:
         lock_file: IO[bytes],
         *,
         ordered: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         # Per-recipient ordering: claim a message only after every earlier one to its number.
@@ -120,6 +151,7 @@ class Store:
             if ordered
             else (CLAIM_LEASE_EXPIRED, CLAIM_DUE, NEXT_DUE)
         )
+        self._clock = clock
         self._writer = writer
         self._reader = reader
         self._executor = executor
@@ -128,14 +160,21 @@ class Store:
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        self._reader_closed = False
         self.healthy = True
         self.last_error: str | None = None
+        # Messages a previous process left `sending`, requeued by `open`.
+        self.recovered_at_open = 0
 
     @classmethod
-    async def open(cls, path: Path, *, ordered: bool = False) -> Store:
+    async def open(
+        cls, path: Path, *, ordered: bool = False, clock: Callable[[], float] = time.time
+    ) -> SqliteStore:
         """Open (creating if needed) the database at `path`; raise StoreError if unusable.
 
-        `ordered`: hand messages to one number to providers in acceptance order.
+        `ordered`: hand messages to one number to providers in acceptance order. `clock`
+        times leases. Messages a previous process left `sending` are requeued: the file
+        lock proves that process is gone.
         """
         lock_file = _lock(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchd-writer")
@@ -155,8 +194,16 @@ class Store:
             executor.shutdown(wait=False)
             lock_file.close()
             raise StoreError(f"cannot use {path}: {exc.message}") from exc
-        store = cls(path, writer, reader, executor, lock_file, ordered=ordered)
+        store = cls(path, writer, reader, executor, lock_file, ordered=ordered, clock=clock)
         store._flusher = asyncio.create_task(store._flush_loop(), name="store-group-commit")
+        try:
+            now = clock()
+            store.recovered_at_open = await store._write(lambda c: _release_all_leases(c, now))
+        except BaseException:
+            await store.close()
+            raise
+        if store.recovered_at_open:
+            logger.info("event=recovered_after_restart count=%d", store.recovered_at_open)
         return store
 
     @property
@@ -165,10 +212,13 @@ class Store:
 
     async def close(self) -> None:
         """Commit what is pending, then close both connections and release the lock."""
+        if self._reader_closed:
+            return
         self._closing = True
         self._wake.set()
         if self._flusher is not None:
             await self._flusher
+        self._reader_closed = True
         await self._reader.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._writer.close)
@@ -212,13 +262,13 @@ class Store:
             return [(False, exc)] * len(ops)
         except Exception as exc:
             if len(ops) == 1:
-                return [(False, exc)]
+                return [(False, _as_store_error(exc))]
         out: list[tuple[bool, Any]] = []
         for op in ops:
             try:
                 out.append((True, self._transaction([op])[0]))
             except Exception as exc:
-                out.append((False, exc))
+                out.append((False, _as_store_error(exc)))
         return out
 
     def _transaction(self, ops: list[WriteOp[Any]]) -> list[Any]:
@@ -262,41 +312,32 @@ class Store:
             await self._write(op)
         return self.healthy
 
-    # -- writes ---------------------------------------------------------------------------
+    # -- accepting ------------------------------------------------------------------------
 
     async def insert(
-        self, msg: Message, detail: str | None = None, saved: SavedResponse | None = None
+        self, msgs: Sequence[Message], detail: str, saved: SavedResponse | None = None
     ) -> None:
-        """Persist a new message and its first history entry (and `saved`), durably."""
-        history = (msg.id, msg.status.value, msg.created_at, detail)
-        if saved is None:
-            await self._write(_Insert(_message_params(msg), history))
-            return
+        """Persist new messages, their first history entries and `saved`: all or none.
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_MESSAGE, _message_params(msg))
-            conn.execute(INSERT_HISTORY, history)
-            conn.execute(SAVE_RESPONSE, saved.row())
+        Inserts requested together are batched into one statement per table.
+        """
+        if msgs or saved is not None:
+            await self._write(_Insert.of(msgs, detail, saved))
 
-        await self._write(op)
+    async def ensure_secret(self, candidate: str) -> str:
+        """Store `candidate` as the callback secret unless one exists; return the stored one."""
 
-    async def insert_many(
-        self, msgs: Sequence[Message], detail: str | None = None, saved: SavedResponse | None = None
-    ) -> None:
-        """Persist new messages (and `saved`) in one transaction: all of them or none."""
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(PUT_META, ("callback_secret", candidate))
+            return str(conn.execute(GET_META, ("callback_secret",)).fetchone()[0])
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(INSERT_MESSAGE, [_message_params(m) for m in msgs])
-            conn.executemany(
-                INSERT_HISTORY, [(m.id, m.status.value, m.created_at, detail) for m in msgs]
-            )
-            if saved is not None:
-                conn.execute(SAVE_RESPONSE, saved.row())
+        return await self._write(op)
 
-        await self._write(op)
+    # -- delivery -------------------------------------------------------------------------
 
-    async def claim(self, now: float, limit: int, lease: float) -> list[Claimed]:
-        """Reserve up to `limit` due messages (expired leases first) until `now + lease`."""
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        """Lease up to `limit` due messages (expired leases first) for `lease` seconds."""
+        now = self._clock()
 
         def op(conn: sqlite3.Connection) -> list[Claimed]:
             params = {"now": now, "lease_until": now + lease, "limit": limit}
@@ -308,89 +349,98 @@ class Store:
             conn.executemany(
                 INSERT_HISTORY, [(r[0], Status.SENDING.value, now, f"attempt {r[3]}") for r in rows]
             )
-            return [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            return [_claimed_from_row(r) for r in rows]
 
+        if limit <= 0:
+            return []
         return await self._write(op)
 
-    async def release_all_leases(self, now: float) -> int:
-        """Requeue messages a previous process claimed but never finished."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            ids = [r[0] for r in conn.execute(RELEASE_ALL_LEASES, {"now": now}).fetchall()]
-            conn.executemany(
-                INSERT_HISTORY,
-                [(i, Status.QUEUED.value, now, "requeued after restart") for i in ids],
-            )
-            return len(ids)
-
-        return await self._write(op)
-
-    async def release(self, ids: Sequence[str], at: float, detail: str) -> int:
-        """Give leased messages back to the queue, due at `at`, without waiting for the lease."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            return sum(
-                _transition(conn, i, RELEASE_ONE, (at, at, i), Status.QUEUED, at, detail)
-                for i in ids
-            )
-
-        return await self._write(op)
+    async def next_wakeup(self) -> float | None:
+        """Earliest time a queued message falls due or a lease runs out."""
+        times = []
+        for sql in (self._claim_sql[2], NEXT_LEASE_END):
+            row = await self._one(sql, ())
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        return min(times) if times else None
 
     async def mark_sent(
         self,
-        msg_id: str,
+        claim: Claimed,
         provider: str,
         provider_message_id: str | None,
         attempts: Iterable[Attempt],
         now: float,
     ) -> bool:
-        """Record acceptance by `provider`; False if a report had already finalised it."""
+        """Record acceptance by `provider`; False if a report finalised it first or the lease
+        was lost (the provider and its id are still recorded on a finalised message)."""
+        attempts = tuple(attempts)
 
         def op(conn: sqlite3.Connection) -> bool:
-            _insert_attempts(conn, msg_id, attempts)
-            cur = conn.execute(MARK_SENT, (provider, provider_message_id, now, msg_id))
-            if cur.rowcount:
-                conn.execute(INSERT_HISTORY, (msg_id, Status.SENT.value, now, f"via {provider}"))
+            _insert_attempts(conn, claim.id, attempts)
+            params = (provider, provider_message_id, now, claim.id, claim.token)
+            if conn.execute(MARK_SENT, params).rowcount:
+                conn.execute(INSERT_HISTORY, (claim.id, Status.SENT.value, now, f"via {provider}"))
                 return True
-            conn.execute(MARK_SENT_LATE, (provider, provider_message_id, msg_id))
+            conn.execute(MARK_SENT_LATE, (provider, provider_message_id, claim.id))
             return False
 
         return await self._write(op)
 
     async def requeue(
         self,
-        msg_id: str,
+        claim: Claimed,
         at: float,
         code: ErrorCode,
         detail: str,
         attempts: Iterable[Attempt],
         now: float,
     ) -> bool:
-        """Put a message back in the queue for another attempt at `at`."""
+        """Put a claimed message back in the queue, due at `at`; False if the lease was lost."""
+        attempts = tuple(attempts)
 
         def op(conn: sqlite3.Connection) -> bool:
-            _insert_attempts(conn, msg_id, attempts)
-            params = (at, code.value, detail, now, msg_id)
-            return _transition(conn, msg_id, REQUEUE, params, Status.QUEUED, now, detail)
+            _insert_attempts(conn, claim.id, attempts)
+            params = (at, code.value, detail, now, claim.id, claim.token)
+            return _transition(conn, claim.id, REQUEUE, params, Status.QUEUED, now, detail)
 
         return await self._write(op)
 
-    async def finish_unsent(
+    async def release(self, claims: Sequence[Claimed], at: float, detail: str) -> int:
+        """Give claimed messages back to the queue, due at `at`, without recording an attempt."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return sum(
+                _transition(
+                    conn, c.id, RELEASE_ONE, (at, at, c.id, c.token), Status.QUEUED, at, detail
+                )
+                for c in claims
+            )
+
+        if not claims:
+            return 0
+        return await self._write(op)
+
+    async def finish(
         self,
-        msg_id: str,
+        claim: Claimed,
         status: Status,
         code: ErrorCode,
         detail: str,
         attempts: Iterable[Attempt],
         now: float,
     ) -> bool:
-        """End a message that was never accepted (failed, expired, invalid)."""
+        """End a claimed message that no provider took (failed, expired, invalid)."""
+        attempts = tuple(attempts)
 
         def op(conn: sqlite3.Connection) -> bool:
-            _insert_attempts(conn, msg_id, attempts)
-            return _finish_unsent(conn, msg_id, status, code, detail, now)
+            _insert_attempts(conn, claim.id, attempts)
+            params = (status.value, code.value, detail, now, claim.id, claim.token)
+            return _transition(conn, claim.id, FINISH, params, status, now, detail)
 
         return await self._write(op)
+
+    # -- reports --------------------------------------------------------------------------
 
     async def apply_report(
         self, msg_id: str, report: DeliveryReport, provider: str | None, now: float
@@ -422,45 +472,43 @@ class Store:
 
         return await self._write(op)
 
-    async def ensure_secret(self, candidate: str) -> str:
-        """Store `candidate` as the callback secret unless one exists; return the stored one."""
+    async def id_for_provider_message(self, provider_message_id: str) -> str | None:
+        row = await self._one(SELECT_BY_PROVIDER_ID, (provider_message_id,))
+        return None if row is None else str(row[0])
 
-        def op(conn: sqlite3.Connection) -> str:
-            conn.execute(PUT_META, ("callback_secret", candidate))
-            return str(conn.execute(GET_META, ("callback_secret",)).fetchone()[0])
+    # -- reading --------------------------------------------------------------------------
 
-        return await self._write(op)
-
-    # -- reads ----------------------------------------------------------------------------
-
-    async def _one(self, sql: str, params: Sequence[Any]) -> Any:
-        """First row of a query, fetched in the same thread hop as the execute.
+    async def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        """Every row of a query, fetched in the same thread hop as the execute.
 
         A cursor left open across an await would hold the reader's snapshot, and
         other reads interleaved on this connection would miss fresh commits.
         """
-        rows = await self._reader.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+        if self._reader_closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+
+    async def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        return next(iter(await self._rows(sql, params)), None)
 
     async def get(self, msg_id: str) -> Message | None:
         """The message with its attempts, history and status callbacks, or None."""
-        try:
-            row = await self._one(SELECT_MESSAGE, (msg_id,))
-            if row is None:
-                return None
-            attempts = await self._reader.execute_fetchall(SELECT_ATTEMPTS, (msg_id,))
-            history = await self._reader.execute_fetchall(SELECT_HISTORY, (msg_id,))
-            callbacks = await self._reader.execute_fetchall(SELECT_CALLBACKS, (msg_id,))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
-        msg = _message_from_row(row)
-        msg = _with_details(msg, attempts, history)
+        row = await self._one(SELECT_MESSAGE, (msg_id,))
+        if row is None:
+            return None
+        attempts = await self._rows(SELECT_ATTEMPTS, (msg_id,))
+        history = await self._rows(SELECT_HISTORY, (msg_id,))
+        callbacks = await self._rows(SELECT_CALLBACKS, (msg_id,))
+        msg = _with_details(_message_from_row(row), attempts, history)
         return replace(msg, callbacks=_callbacks_from_rows(callbacks))
 
     async def search(
         self, *, to_number: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> list[Message]:
-        """Newest first, after `cursor` (an id) when given."""
+        """Newest first, after `cursor` (the last id of the previous page) when given."""
         params: list[Any] = []
         if to_number is not None:
             params.append(to_number)
@@ -469,34 +517,133 @@ class Store:
         # Every id sorts below "~", so no cursor means "from the newest".
         params += [cursor or "~", limit]
         sql = LIST_MESSAGES[(to_number is not None, status is not None)]
-        try:
-            rows = await self._reader.execute_fetchall(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
-        return [_message_from_row(r) for r in rows]
+        return [_message_from_row(r) for r in await self._rows(sql, params)]
 
-    async def id_for_provider_message(self, provider_message_id: str) -> str | None:
-        row = await self._one(SELECT_BY_PROVIDER_ID, (provider_message_id,))
-        return None if row is None else str(row[0])
+    async def message_status(self, msg_id: str) -> Status | None:
+        """Only the message's status (what a woken watcher needs), or None if unknown."""
+        row = await self._one(SELECT_STATUS_ONLY, (msg_id,))
+        return None if row is None else Status(row[0])
 
-    async def suppressed_numbers(self) -> set[str]:
-        rows = await self._reader.execute_fetchall(SELECT_SUPPRESSIONS)
-        return {r[0] for r in rows}
-
-    async def next_wakeup(self) -> float | None:
-        """Earliest time a queued message falls due or a lease runs out."""
-        times = []
-        for sql in (self._claim_sql[2], NEXT_LEASE_END):
-            row = await self._one(sql, ())
-            if row and row[0] is not None:
-                times.append(float(row[0]))
-        return min(times) if times else None
+    async def message_history(self, msg_id: str) -> tuple[HistoryEntry, ...]:
+        """The message's history, oldest first (empty if unknown)."""
+        return _history_from_rows(await self._rows(SELECT_HISTORY, (msg_id,)))
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._reader.execute_fetchall(COUNT_BY_STATUS)
-        return {r[0]: r[1] for r in rows}
+        """Messages per status (statuses with none are left out)."""
+        return {r[0]: r[1] for r in await self._rows(COUNT_BY_STATUS)}
+
+    async def queue_stats(self) -> QueueStats:
+        """Counts by status, the oldest queued message's creation time, messages awaiting retry."""
+        counts = await self.counts()
+        oldest = await self._one(OLDEST_QUEUED)
+        waiting = await self._one(COUNT_WAITING_RETRY)
+        return QueueStats(
+            counts,
+            float(oldest[0]) if oldest else None,
+            int(waiting[0]) if waiting else 0,
+        )
+
+    # -- suppressions and operator actions --------------------------------------------------
+
+    async def suppressed_numbers(self) -> set[str]:
+        return {r[0] for r in await self._rows(SELECT_SUPPRESSIONS)}
+
+    async def lift_suppression(self, number: str) -> bool:
+        """Allow messages to `number` again; False if it was not suppressed."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(DELETE_SUPPRESSION, (number,)).rowcount)
+
+        return await self._write(op)
+
+    async def add_note(self, msg_id: str, detail: str, now: float) -> bool:
+        """Append a history entry that keeps the message's status; False if it is unknown."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(INSERT_NOTE, (now, detail, msg_id)).rowcount)
+
+        return await self._write(op)
+
+    # -- idempotency keys -------------------------------------------------------------------
+
+    async def find_saved_response(self, scope: str, key: str, now: float) -> SavedResponse | None:
+        """The response kept for `key` in `scope`, unless it expired by `now`."""
+        row = await self._one(SELECT_SAVED_RESPONSE, (scope, key, now))
+        if row is None:
+            return None
+        return SavedResponse(scope, key, row[0], int(row[1]), row[2], row[3], row[4], row[5])
+
+    async def purge_saved_responses(self, now: float, limit: int) -> int:
+        """Delete up to `limit` keys that expired by `now`; return how many went."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(PURGE_SAVED_RESPONSES, (now, limit)).rowcount)
+
+        return await self._write(op)
+
+    # -- the status callback outbox ---------------------------------------------------------
+
+    async def due_webhooks(
+        self, now: float, limit: int, in_flight: Iterable[int]
+    ) -> list[DueWebhook]:
+        """Up to `limit` callbacks due at `now`, oldest first, at most one per message,
+        leaving out those in `in_flight`."""
+        params = {"now": now, "limit": limit, "in_flight": json.dumps(sorted(in_flight))}
+        rows = await self._rows(DUE_WEBHOOKS, params)
+        return [DueWebhook(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def next_webhook_retry(self, now: float) -> float | None:
+        """When the earliest callback waiting on a backoff falls due, if any."""
+        row = await self._one(NEXT_WEBHOOK_RETRY, (now,))
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def settle_webhook(
+        self,
+        webhook_id: int,
+        *,
+        state: str,
+        next_attempt_at: float | None,
+        http_status: int | None,
+        error: str | None,
+        finished_at: float | None,
+    ) -> bool:
+        """Record one try: still `pending` (again at `next_attempt_at`) or final
+        (`delivered` / `failed`), which makes the message's next callback due."""
+        params = {
+            "id": webhook_id,
+            "state": state,
+            "next_attempt_at": next_attempt_at,
+            "http_status": http_status,
+            "error": error,
+            "finished_at": finished_at,
+        }
+        # Never left NULL: the message's later callbacks would wait forever.
+        promote_at = self._clock() if finished_at is None else finished_at
+
+        def op(conn: sqlite3.Connection) -> bool:
+            settled = bool(conn.execute(SETTLE_WEBHOOK, params).rowcount)
+            if settled and state != "pending":
+                conn.execute(PROMOTE_NEXT_WEBHOOK, {"id": webhook_id, "now": promote_at})
+            return settled
+
+        return await self._write(op)
+
+    # -- SQLite only ----------------------------------------------------------------------
 
     async def explain(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[str]:
         """The query plan of `sql` (for tests proving the hot queries use indexes)."""
-        rows = await self._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+        rows = await self._rows(f"EXPLAIN QUERY PLAN {sql}", params)
         return [str(r[3]) for r in rows]
+
+
+def _as_store_error(exc: Exception) -> Exception:
+    """A write the database refused for its content (a duplicate id) as a `StoreError`."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        error = StoreError(f"the database refused the write: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def _satisfies_the_contract(store: SqliteStore) -> Store:
+    return store  # mypy proves SqliteStore implements every method of the Protocol

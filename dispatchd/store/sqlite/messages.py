@@ -1,4 +1,4 @@
-"""Message SQL: the named statements, records and row mapping `Store` is built from.
+"""Message SQL: the named statements `SqliteStore` is built from, and its row mapping.
 
 Also the steps its write transactions run on the writer connection (batched inserts, guarded
 status transitions, suppression), as functions of a `sqlite3.Connection`, so they run inside
@@ -21,6 +21,7 @@ from dispatchd.domain.models import (
     Status,
     StatusCallback,
 )
+from dispatchd.store.api import Claimed, SavedResponse
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
@@ -41,23 +42,27 @@ INSERT_ATTEMPT = (
     "INSERT INTO attempts (message_id, provider, started_at, outcome, http_status, latency_ms, "
     "error) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-CLAIM_DUE = """
-UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
-    attempt_count = attempt_count + 1, next_attempt_at = NULL
+# Each claimed row gets its own fencing token: randomblob() is evaluated per row.
+NEW_TOKEN = "lower(hex(randomblob(16)))"
+CLAIMED_COLUMNS = "id, to_number, body, attempt_count, expires_at, lease_token"
+CLAIM_DUE = f"""
+UPDATE messages SET status = 'sending', lease_until = :lease_until, lease_token = {NEW_TOKEN},
+    updated_at = :now, attempt_count = attempt_count + 1, next_attempt_at = NULL
 WHERE id IN (
     SELECT id FROM messages INDEXED BY messages_due
     WHERE status = 'queued' AND next_attempt_at <= :now
     ORDER BY next_attempt_at LIMIT :limit)
-RETURNING id, to_number, body, attempt_count, expires_at
+RETURNING {CLAIMED_COLUMNS}
 """
-CLAIM_LEASE_EXPIRED = """
-UPDATE messages SET lease_until = :lease_until, updated_at = :now,
+# A new token, so the holder whose lease ran out can no longer move the message.
+CLAIM_LEASE_EXPIRED = f"""
+UPDATE messages SET lease_until = :lease_until, lease_token = {NEW_TOKEN}, updated_at = :now,
     attempt_count = attempt_count + 1
 WHERE id IN (
     SELECT id FROM messages INDEXED BY messages_leased
     WHERE status = 'sending' AND lease_until <= :now
     ORDER BY lease_until LIMIT :limit)
-RETURNING id, to_number, body, attempt_count, expires_at
+RETURNING {CLAIMED_COLUMNS}
 """
 # INDEXED BY pins the partial indexes: without statistics the planner may prefer
 # messages_status, which would sort every queued message to find the oldest.
@@ -67,45 +72,56 @@ NEXT_DUE = (
 NEXT_LEASE_END = (
     "SELECT min(lease_until) FROM messages INDEXED BY messages_leased WHERE status = 'sending'"
 )
+# Only at open, under the file lock: no other process can hold one of these leases.
 RELEASE_ALL_LEASES = """
 UPDATE messages SET status = 'queued', next_attempt_at = :now, lease_until = NULL,
-    updated_at = :now
+    lease_token = NULL, updated_at = :now
 WHERE status = 'sending'
 RETURNING id
 """
+# Every transition of a claimed message is fenced: it applies only for the lease's holder.
 RELEASE_ONE = """
-UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL, updated_at = ?
-WHERE id = ? AND status = 'sending'
+UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
+    lease_token = NULL, updated_at = ?
+WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
 MARK_SENT = """
 UPDATE messages SET status = 'sent', provider = ?, provider_message_id = ?, lease_until = NULL,
-    error_code = NULL, error_detail = NULL, updated_at = ?
-WHERE id = ? AND status = 'sending'
+    lease_token = NULL, error_code = NULL, error_detail = NULL, updated_at = ?
+WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
-# A report that raced ahead already finalised the message: keep its status, record who sent it.
+# A report that raced ahead already finalised the message: keep its status, record who sent
+# it. Only a final message: one merely leased again belongs to its new holder.
 MARK_SENT_LATE = """
-UPDATE messages SET provider = ?, provider_message_id = coalesce(provider_message_id, ?),
-    lease_until = NULL
-WHERE id = ?
+UPDATE messages SET provider = ?, provider_message_id = coalesce(provider_message_id, ?)
+WHERE id = ? AND status IN ('delivered', 'failed', 'invalid', 'expired')
 """
 REQUEUE = """
 UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
-    error_code = ?, error_detail = ?, updated_at = ?
-WHERE id = ? AND status = 'sending'
+    lease_token = NULL, error_code = ?, error_detail = ?, updated_at = ?
+WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
-FINISH_UNSENT = """
+FINISH = """
 UPDATE messages SET status = ?, error_code = ?, error_detail = ?, lease_until = NULL,
-    next_attempt_at = NULL, updated_at = ?
-WHERE id = ? AND status IN ('queued', 'sending')
+    lease_token = NULL, next_attempt_at = NULL, updated_at = ?
+WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
 SELECT_STATUS = "SELECT status, to_number FROM messages WHERE id = ?"
 APPLY_REPORT = """
 UPDATE messages SET status = ?, provider_message_id = coalesce(provider_message_id, ?),
-    error_code = ?, error_detail = ?, lease_until = NULL, next_attempt_at = NULL, updated_at = ?
+    error_code = ?, error_detail = ?, lease_until = NULL, lease_token = NULL,
+    next_attempt_at = NULL, updated_at = ?
 WHERE id = ?
 """
 INSERT_SUPPRESSION = "INSERT OR IGNORE INTO suppressions (number, at, reason) VALUES (?, ?, ?)"
-QUEUED_TO_NUMBER = "SELECT id FROM messages WHERE to_number = ? AND status = 'queued'"
+# The queued messages to a suppressed number end invalid; those being sent finish as usual.
+# By number, not status: the queue may be long, one number's messages are few.
+END_QUEUED_TO_NUMBER = """
+UPDATE messages INDEXED BY messages_to_number
+SET status = 'invalid', error_code = ?, error_detail = ?, next_attempt_at = NULL, updated_at = ?
+WHERE to_number = ? AND status = 'queued'
+RETURNING id
+"""
 SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
 SELECT_ATTEMPTS = (
     "SELECT provider, started_at, outcome, http_status, latency_ms, error FROM attempts "
@@ -137,54 +153,6 @@ PROBE_WRITE = (
 PROBE_UNDO = "DELETE FROM meta WHERE key = 'write_probe'"
 GET_META = "SELECT value FROM meta WHERE key = ?"
 PUT_META = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)"
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A message reserved for one delivery attempt."""
-
-    id: str
-    to_number: str
-    body: str
-    attempt: int
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class SavedResponse:
-    """The response to an idempotent request, stored in the same transaction as its effect."""
-
-    scope: str
-    key: str
-    request_hash: str
-    status: int
-    body: str
-    location: str | None
-    created_at: float
-    expires_at: float
-
-    def row(self) -> tuple[Any, ...]:
-        return (
-            self.scope,
-            self.key,
-            self.request_hash,
-            self.status,
-            self.body,
-            self.location,
-            self.created_at,
-            self.expires_at,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReportResult:
-    """What applying a delivery report did."""
-
-    found: bool
-    applied: bool
-    previous: Status | None = None
-    number: str | None = None
-    requeued_invalid: tuple[str, ...] = ()
 
 
 def _message_from_row(row: Sequence[Any]) -> Message:
@@ -233,16 +201,48 @@ def _message_params(msg: Message) -> tuple[Any, ...]:
     )
 
 
+def _saved_row(saved: SavedResponse) -> tuple[Any, ...]:
+    return (
+        saved.scope,
+        saved.key,
+        saved.request_hash,
+        saved.status,
+        saved.body,
+        saved.location,
+        saved.created_at,
+        saved.expires_at,
+    )
+
+
+def _claimed_from_row(row: Sequence[Any]) -> Claimed:
+    return Claimed(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
 @dataclass(frozen=True, slots=True)
 class _Insert:
-    """A new message; batched with the other inserts of its commit into one executemany."""
+    """New messages (and a saved response); batched with the other inserts of its commit."""
 
-    message: tuple[Any, ...]
-    history: tuple[Any, ...]
+    messages: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]
+    saved: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, msgs: Sequence[Message], detail: str, saved: SavedResponse | None) -> _Insert:
+        return cls(
+            [_message_params(m) for m in msgs],
+            [(m.id, m.status.value, m.created_at, detail) for m in msgs],
+            [] if saved is None else [_saved_row(saved)],
+        )
 
     def __call__(self, conn: sqlite3.Connection) -> None:
-        conn.execute(INSERT_MESSAGE, self.message)
-        conn.execute(INSERT_HISTORY, self.history)
+        if len(self.messages) == 1:  # the common case: no executemany overhead
+            conn.execute(INSERT_MESSAGE, self.messages[0])
+            conn.execute(INSERT_HISTORY, self.history[0])
+        else:
+            conn.executemany(INSERT_MESSAGE, self.messages)
+            conn.executemany(INSERT_HISTORY, self.history)
+        if self.saved:
+            conn.execute(SAVE_RESPONSE, self.saved[0])
 
 
 def _run_ops(conn: sqlite3.Connection, ops: list[WriteOp[Any]]) -> list[Any]:
@@ -250,34 +250,43 @@ def _run_ops(conn: sqlite3.Connection, ops: list[WriteOp[Any]]) -> list[Any]:
     inserts = [op for op in ops if isinstance(op, _Insert)]
     if len(inserts) < 2:
         return [op(conn) for op in ops]
-    conn.executemany(INSERT_MESSAGE, [i.message for i in inserts])
-    conn.executemany(INSERT_HISTORY, [i.history for i in inserts])
+    conn.executemany(INSERT_MESSAGE, [m for i in inserts for m in i.messages])
+    conn.executemany(INSERT_HISTORY, [h for i in inserts for h in i.history])
+    conn.executemany(SAVE_RESPONSE, [s for i in inserts for s in i.saved])
     return [None if isinstance(op, _Insert) else op(conn) for op in ops]
 
 
 def _insert_attempts(conn: sqlite3.Connection, msg_id: str, attempts: Iterable[Attempt]) -> None:
     rows = [
-        (msg_id, a.provider, a.started_at, a.outcome, a.http_status, a.latency_ms, a.error)
+        (msg_id, a.provider, a.started_at, a.outcome.value, a.http_status, a.latency_ms, a.error)
         for a in attempts
     ]
-    conn.executemany(INSERT_ATTEMPT, rows)
+    if rows:
+        conn.executemany(INSERT_ATTEMPT, rows)
 
 
 def _report_error(status: Status) -> tuple[str | None, str | None]:
     if status is Status.FAILED:
-        return ErrorCode.REPORTED_FAILED, "The provider reported the message as not delivered."
+        return (
+            ErrorCode.REPORTED_FAILED.value,
+            "The provider reported the message as not delivered.",
+        )
     if status is Status.INVALID:
         return ErrorCode.REPORTED_INVALID.value, "The provider reported the number as invalid."
     return None, None
 
 
+SUPPRESSED_DETAIL = "The number was reported invalid; the message was not sent."
+
+
 def _suppress(conn: sqlite3.Connection, number: str, now: float, reason: str) -> tuple[str, ...]:
     """Suppress `number` and end its queued messages as invalid; return their ids."""
     conn.execute(INSERT_SUPPRESSION, (number, now, reason))
-    ids = tuple(r[0] for r in conn.execute(QUEUED_TO_NUMBER, (number,)).fetchall())
-    detail = "The number was reported invalid; the message was not sent."
-    for msg_id in ids:
-        _finish_unsent(conn, msg_id, Status.INVALID, ErrorCode.NUMBER_SUPPRESSED, detail, now)
+    params = (ErrorCode.NUMBER_SUPPRESSED.value, SUPPRESSED_DETAIL, now, number)
+    ids = tuple(sorted(r[0] for r in conn.execute(END_QUEUED_TO_NUMBER, params).fetchall()))
+    conn.executemany(
+        INSERT_HISTORY, [(i, Status.INVALID.value, now, SUPPRESSED_DETAIL) for i in ids]
+    )
     return ids
 
 
@@ -297,26 +306,18 @@ def _transition(
     return True
 
 
-def _finish_unsent(
-    conn: sqlite3.Connection,
-    msg_id: str,
-    status: Status,
-    code: ErrorCode,
-    detail: str,
-    now: float,
-) -> bool:
-    params = (status.value, code.value, detail, now, msg_id)
-    return _transition(conn, msg_id, FINISH_UNSENT, params, status, now, detail)
-
-
 def _with_details(
     msg: Message, attempts: Iterable[Sequence[Any]], history: Iterable[Sequence[Any]]
 ) -> Message:
     return replace(
         msg,
         attempts=tuple(Attempt(r[0], r[1], Outcome(r[2]), r[3], r[4], r[5]) for r in attempts),
-        history=tuple(HistoryEntry(Status(r[0]), r[1], r[2]) for r in history),
+        history=_history_from_rows(history),
     )
+
+
+def _history_from_rows(rows: Iterable[Sequence[Any]]) -> tuple[HistoryEntry, ...]:
+    return tuple(HistoryEntry(Status(r[0]), r[1], r[2]) for r in rows)
 
 
 def _callbacks_from_rows(rows: Iterable[Sequence[Any]]) -> tuple[StatusCallback, ...]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from dispatchd.store.sqlite.messages import CLAIMED_COLUMNS, NEW_TOKEN
+
 # Only unfinished messages are in this partial index, so the check costs O(log n) however
 # long a number's delivered history is. Unordered mode drops it: it would cost every status
 # change an index write for nothing.
@@ -31,25 +33,25 @@ def _index_unfinished(conn: sqlite3.Connection, ordered: bool) -> None:
 
 
 CLAIM_DUE_ORDERED = f"""
-UPDATE messages SET status = 'sending', lease_until = :lease_until, updated_at = :now,
-    attempt_count = attempt_count + 1, next_attempt_at = NULL
+UPDATE messages SET status = 'sending', lease_until = :lease_until, lease_token = {NEW_TOKEN},
+    updated_at = :now, attempt_count = attempt_count + 1, next_attempt_at = NULL
 WHERE id IN (
     SELECT id FROM messages AS m INDEXED BY messages_due
     WHERE m.status = 'queued' AND m.next_attempt_at <= :now AND {_NO_EARLIER_UNFINISHED}
     ORDER BY m.next_attempt_at LIMIT :limit)
-RETURNING id, to_number, body, attempt_count, expires_at
+RETURNING {CLAIMED_COLUMNS}
 """
 # A lapsed lease is taken back under the same rule. With ordering on, only the oldest
 # unfinished message of a number can be `sending`, so this only guards against a state the
 # claim above cannot make (a later message leased while an earlier one waits).
 CLAIM_LEASE_EXPIRED_ORDERED = f"""
-UPDATE messages SET lease_until = :lease_until, updated_at = :now,
+UPDATE messages SET lease_until = :lease_until, lease_token = {NEW_TOKEN}, updated_at = :now,
     attempt_count = attempt_count + 1
 WHERE id IN (
     SELECT id FROM messages AS m INDEXED BY messages_leased
     WHERE m.status = 'sending' AND m.lease_until <= :now AND {_NO_EARLIER_UNFINISHED}
     ORDER BY m.lease_until LIMIT :limit)
-RETURNING id, to_number, body, attempt_count, expires_at
+RETURNING {CLAIMED_COLUMNS}
 """
 # The worker sleeps until this: a due message waiting behind an earlier one must not count,
 # or the worker would spin. It is woken when that earlier one's delivery ends.

@@ -11,7 +11,7 @@ from typing import IO
 from dispatchd.domain.errors import StoreError, StoreLocked
 
 APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The body of a status callback, rendered in SQL so the triggers can queue it in the very
 # transaction that changes the status.
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at REAL NOT NULL,
     next_attempt_at REAL,
     lease_until REAL,
+    lease_token TEXT,
     send_at REAL,
     validity_period REAL,
     status_callback_url TEXT
@@ -187,6 +188,9 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
         "ALTER TABLE messages ADD COLUMN status_callback_url TEXT",
     ],
     3: [_waiting_webhooks],
+    # Version 4: fenced leases. A claim's token must come back with every later transition.
+    # Rows left `sending` by an older version have none; opening requeues them anyway.
+    4: ["ALTER TABLE messages ADD COLUMN lease_token TEXT"],
 }
 
 
@@ -269,8 +273,3 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         out.append(current.strip())
     return out
-
-
-def database_files(path: Path) -> list[Path]:
-    """The database and its WAL/shm/lock companions (for tests and cleanup)."""
-    return [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", ".lock")]

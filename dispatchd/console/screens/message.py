@@ -1,108 +1,28 @@
-"""The console's secondary screens: message detail and lookup, help, confirm and prompt."""
+"""Looking at messages: one message, or the messages to one number.
+
+`MessageScreen` shows a message's fields, status history and provider attempts, and
+retries it or lifts its number's suppression; `MessagesScreen` lists the messages to
+one number, newest first, and opens each in a `MessageScreen`.
+"""
 
 from __future__ import annotations
 
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, Static
 
 from dispatchd.console.client import CommandFailed, DaemonUnavailable
-from dispatchd.console.widgets import EVENT_STYLE, fmt_iso, fmt_ms
+from dispatchd.console.widgets.format import EVENT_STYLE, fmt_iso, fmt_ms
+from dispatchd.control.protocol import Json
 
 if TYPE_CHECKING:
     from dispatchd.console.app import ConsoleApp
-
-Json = dict[str, Any]
-
-KEYS = (
-    ("Main screen", ""),
-    ("1-9", "pick provider 1-9 (or tab to the table, up/down)"),
-    ("p", "pause (asks first) / resume the picked provider"),
-    ("w", "set its run-time weight (0 = failover only)"),
-    ("enter", "open the message on the log line"),
-    ("/", "filter the log: number, event or provider; esc clears"),
-    ("space", "hold the log (nothing is lost) / follow again"),
-    ("f", "find a message by id or phone number"),
-    ("u", "lift a number's suppression (asks first)"),
-    ("? / q", "this help / quit (the daemon keeps running)"),
-    ("Message screen", ""),
-    ("r", "retry a failed or expired message as a new one (asks)"),
-    ("u", "lift the suppression of its number (asks first)"),
-    ("g / esc", "refresh / back"),
-)
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    """Ask yes or no before doing something that changes the daemon."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
-    ]
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self._question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self._question, classes="question")
-            yield Label("[b]y[/b] yes    [b]n[/b] / esc  no", classes="hint")
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
-
-
-class PromptScreen(ModalScreen[str | None]):
-    """Ask for one value; esc cancels."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, question: str, *, value: str = "", placeholder: str = "") -> None:
-        super().__init__()
-        self._question = question
-        self._value = value
-        self._placeholder = placeholder
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self._question, classes="question")
-            yield Input(value=self._value, placeholder=self._placeholder, id="prompt-input")
-            yield Label("enter  ok    esc  cancel", classes="hint")
-
-    @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip())
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class HelpScreen(ModalScreen[None]):
-    """The key list."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,q,question_mark", "app.pop_screen", "Close")
-    ]
-
-    def compose(self) -> ComposeResult:
-        text = Text()
-        for key, what in KEYS:
-            if not what:
-                text.append(f"{key}\n", "bold underline")
-            else:
-                text.append(f"  {key:<10}", "bold cyan")
-                text.append(f"{what}\n")
-        with VerticalScroll(classes="dialog help"):
-            yield Label("dispatchd console — keys   (esc closes)", classes="question")
-            yield Static(text)
 
 
 class MessageScreen(Screen[None]):

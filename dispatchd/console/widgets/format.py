@@ -1,0 +1,60 @@
+"""Pure formatting shared by the widgets and screens: values as the console shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+
+# A message status or event type -> its Rich style, wherever one is shown.
+EVENT_STYLE = {
+    "accepted": "cyan",
+    "sent": "blue",
+    "delivered": "green",
+    "failover": "yellow",
+    "retry_scheduled": "yellow",
+    "failed": "bold red",
+    "expired": "red",
+    "invalid": "red",
+    "number_suppressed": "bold red",
+    "breaker_opened": "bold red",
+    "breaker_half_open": "yellow",
+    "breaker_closed": "green",
+    "weight_shifted": "yellow",
+}
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.1f}s" if value >= 10_000 else f"{value:.0f}ms"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%" if value >= 0.995 else f"{value:.1%}"
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+def fmt_clock(at: float | None, tz: tzinfo | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, tz).strftime("%H:%M:%S")
+
+
+def fmt_iso(value: str | None, tz: tzinfo | None, *, date: bool = True) -> str:
+    """An RFC 3339 time from the daemon, shown in the console's zone, to the millisecond."""
+    if not value:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    shape = "%Y-%m-%d %H:%M:%S.%f" if date else "%H:%M:%S.%f"
+    return moment.astimezone(tz).strftime(shape)[:-3]
