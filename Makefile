@@ -36,11 +36,13 @@ typecheck: $(TEST_STAMP)
 pytest: $(TEST_STAMP)
 	$(BIN)/pytest
 
-# The fast tests, for the edit-test loop: everything but the `slow` marker (daemon
-# processes, crash, chaos, fuzz, bench, Textual). `make test` runs them all. The fuzz
-# tests' plugins (schemathesis, hypothesis) only cost start-up time here.
+# The fast tests, for the edit-test loop: everything that runs without a daemon (the pure
+# domain, the store contract over both backends, service and worker on the in-memory store,
+# the provider kinds). `pytest -m "not slow"` adds the in-process daemon tests and leaves
+# out processes, crash, chaos, fuzz, bench and Textual; `make test` runs them all.
 unit: $(TEST_STAMP)
-	$(BIN)/pytest -m "not slow" -p no:schemathesis -p no:hypothesispytest
+	$(BIN)/pytest -m "not slow" -p no:schemathesis -p no:hypothesispytest \
+		tests/unit tests/contract tests/providers
 
 test: lint imports typecheck pytest
 

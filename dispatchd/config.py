@@ -118,7 +118,7 @@ class SimulatorConfig(_Section):
     invalid_suffix: str = Field("0000", pattern=r"^[0-9]*$")
     """Numbers ending in these digits are always reported `invalid`; empty disables the rule."""
     # Fault injection. Every key below is also settable per provider at run time through
-    # `PUT /_faults/{name}` on the simulator (see dispatchd/simulator.py).
+    # `PUT /_faults/{name}` on the simulator (see dispatchd/devtools/simulator.py).
     hang_rate: float = Field(0.0, ge=0, le=1)
     """Share of requests never answered: the connection stays open until the client gives up."""
     malformed_rate: float = Field(0.0, ge=0, le=1)
@@ -150,7 +150,7 @@ class SimulatorConfig(_Section):
 
 
 class BreakerConfig(_Section):
-    """Per-provider circuit breaker and traffic shifting (see dispatchd/breaker.py)."""
+    """Per-provider circuit breaker and traffic shifting (see dispatchd/domain/breaker.py)."""
 
     failure_threshold: int = Field(5, ge=1, le=10_000)
     """Transport failures in a row (5xx, 408, 429, timeout, connection error) that open the
