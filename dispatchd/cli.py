@@ -7,10 +7,14 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dispatchd import config as config_mod
 from dispatchd import logs
 from dispatchd.domain.errors import ConfigError, ControlSocketError, StoreError
+
+if TYPE_CHECKING:
+    from dispatchd.devtools.simulator import SimulatorState
 
 # sysexits.h: EX_CONFIG tells systemd and scripts the config, not the code, is wrong.
 EXIT_CONFIG = 78
@@ -27,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     config_help = "config file (default $DISPATCHD_CONFIG or ./dispatchd.toml)"
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help=config_help)
+
+    config_cmd = sub.add_parser("config", help="work with the configuration")
+    config_sub = config_cmd.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check", help="validate the configuration without starting (exit 0, or 78 naming the key)"
+    )
+    check.add_argument("--config", help=config_help)
 
     unit = sub.add_parser("systemd-unit", help="print a systemd service unit for dispatchd")
     unit.add_argument("--config", help=config_help + "; read for the shutdown grace")
@@ -45,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="answer at once, never fail, report delivered at once, no faults (for benchmarks)",
     )
     sim.add_argument("--seed", type=int, help="seed the random source, so a run can be reproduced")
+    sim.add_argument(
+        "--smpp-port",
+        type=int,
+        help="also run the SMSC for the config's smpp providers on this port",
+    )
 
     console = sub.add_parser("console", help="watch and steer a running daemon (Textual TUI)")
     console.add_argument("--config", help=config_help + "; used for [control] socket")
@@ -112,9 +128,7 @@ def _serve(cfg: config_mod.Config, path: Path) -> int:
 def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     import random
 
-    from aiohttp import web
-
-    from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
+    from dispatchd.devtools.simulator import SimulatorState
 
     settings = cfg.simulator
     if args.instant:
@@ -136,12 +150,55 @@ def _simulator(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             }
         )
     rng = random.Random(args.seed) if args.seed is not None else None
-    app = make_simulator_app(SimulatorState(settings, rng))
+    state = SimulatorState(settings, rng)
+    return asyncio.run(_run_simulator(state, cfg, args))
+
+
+async def _run_simulator(
+    state: SimulatorState, cfg: config_mod.Config, args: argparse.Namespace
+) -> int:
+    """Serve every provider dialect (and the SMSC with --smpp-port) until SIGTERM/SIGINT."""
+    import signal
+
+    from aiohttp import web
+
+    from dispatchd.devtools import dialects
+
+    app = dialects.simulator_app(state, cfg.providers)
     # A stand-in provider owes nobody a graceful drain: requests it holds (slow or hanging
     # faults) are cut after a second rather than keeping SIGTERM waiting for a minute.
-    web.run_app(
-        app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=1.0
-    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    smsc = None
+    try:
+        await web.TCPSite(runner, args.host, args.port).start()
+        if args.smpp_port is not None:
+            smsc = dialects.smsc(state, cfg.providers, args.smpp_port, host=args.host)
+            await smsc.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        if smsc is not None:
+            await smsc.stop()
+        await runner.cleanup()
+    return 0
+
+
+def _check(cfg: config_mod.Config, path: Path) -> int:
+    """`config check`: what `serve` would refuse, without starting anything."""
+    from dispatchd.http import auth
+
+    try:
+        keys = auth.load_keys(cfg.api)
+        auth.check_exposure(keys, cfg.server.host)
+    except ConfigError as exc:
+        print(f"dispatchd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    kinds = ", ".join(f"{p.name} ({p.kind})" for p in cfg.providers)
+    print(f"{path}: ok; providers: {kinds}")
     return 0
 
 
@@ -201,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "simulator":
         return _simulator(cfg, args)
+    if args.command == "config":
+        return _check(cfg, config_mod.config_path(args.config))
     return 2
 
 

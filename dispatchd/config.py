@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +32,12 @@ from dispatchd.domain.errors import ConfigError
 from dispatchd.domain.numbers import valid_region
 
 DEFAULT_CONFIG_PATH = Path("dispatchd.toml")
+
+
+def _provider_kind(value: Any) -> str:
+    """The `kind` of a `[[providers]]` entry: `dispatchd` when it names none."""
+    kind = value.get("kind", "dispatchd") if isinstance(value, dict) else value.kind
+    return str(kind)
 
 
 def _http_url(value: str) -> str:
@@ -87,17 +103,122 @@ class DeliveryConfig(_Section):
         return region
 
 
-class ProviderConfig(_Section):
+class _Provider(_Section):
+    """What every provider kind has: a name, its share of traffic, and its limits."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    """Short name used in logs, attempts and the message resource."""
-    url: str
-    """Endpoint that takes `POST {to_number, message, callback_url}`."""
+    """Short name used in logs, attempts, metrics and the message resource."""
     weight: int = Field(1, ge=0, le=1_000_000)
     """Share of first attempts; 0 makes the provider a failover-only backup."""
     timeout: float = Field(5.0, gt=0, le=300)
     """Seconds to wait for the provider's answer before failing over."""
+    rate: float = Field(0.0, ge=0, le=100_000)
+    """Segments per second at most, over any sliding second (0: unlimited). Providers
+    publish their limits per sender: a US long code 1/s, toll-free 3/s, short codes 100/s."""
+    max_in_flight: int = Field(0, ge=0, le=100_000)
+    """Requests to this provider in flight at most (0: only `[delivery] concurrency`)."""
+
+    # Secrets may come from the file, from `<key>_file` (a path, read at start) or from the
+    # environment (`DISPATCHD_PROVIDERS` as JSON); they never reach a log or the console.
+    _secrets: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in cls._secrets:
+            path = out.pop(f"{key}_file", None)
+            if path is None:
+                continue
+            if key in out:
+                raise ValueError(f"{key} and {key}_file are both set; keep one")
+            try:
+                out[key] = Path(str(path)).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from exc
+        return out
+
+
+class DispatchdProviderConfig(_Provider):
+    """The take-home assignment's wire format, which the simulator speaks."""
+
+    kind: Literal["dispatchd"] = "dispatchd"
+    url: str
+    """Endpoint that takes `POST {to_number, message, callback_url}`."""
 
     _check_url = field_validator("url")(_http_url)
+
+
+class TwilioProviderConfig(_Provider):
+    """Twilio's Programmable Messaging REST API."""
+
+    kind: Literal["twilio"]
+    url: str = "https://api.twilio.com"
+    """The API base; point it at the simulator (`{public_url}/simulator/twilio`) to test."""
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    """The account (AC...) the messages are sent from."""
+    auth_token: SecretStr
+    """The account's Auth Token: HTTP Basic password, and the key of X-Twilio-Signature."""
+    from_: str | None = Field(None, alias="from", min_length=1)
+    """The sender: a number in E.164, a short code or an alphanumeric sender ID."""
+    messaging_service_sid: str | None = Field(None, pattern=r"^MG[0-9a-fA-F]{32}$")
+    """A Messaging Service (MG...) to send through instead of one `from`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _secrets: ClassVar[tuple[str, ...]] = ("auth_token",)
+    _check_url = field_validator("url")(_http_url)
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> TwilioProviderConfig:
+        if (self.from_ is None) == (self.messaging_service_sid is None):
+            raise ValueError("set exactly one of from and messaging_service_sid")
+        return self
+
+
+class SmppProviderConfig(_Provider):
+    """An SMSC spoken to over SMPP 3.4 sessions."""
+
+    kind: Literal["smpp"]
+    host: str = Field(min_length=1)
+    port: int = Field(2775, ge=1, le=65535)
+    system_id: str = Field(min_length=1, max_length=15)
+    password: SecretStr
+    system_type: str = Field("", max_length=12)
+    source_addr: str = Field(min_length=1, max_length=20)
+    """The sender address the SMSC shows (a number, short code or alphanumeric ID)."""
+    source_addr_ton: int = Field(0, ge=0, le=6)
+    source_addr_npi: int = Field(0, ge=0, le=18)
+    binds: int = Field(1, ge=1, le=64)
+    """Transceiver sessions kept bound."""
+    window: int = Field(10, ge=1, le=1000)
+    """Submits written and unanswered per bind, at most."""
+    enquire_link: float = Field(30.0, gt=0, le=3600)
+    """Seconds of idle link between enquire_link keep-alives."""
+    tls: bool = False
+    """Wrap the sessions in TLS (the SMSC's certificate is checked against the system CAs)."""
+    long_messages: Literal["udh", "payload"] = "udh"
+    """`udh`: one submit_sm per segment with a concatenation header; `payload`: one
+    submit_sm with the whole text in the message_payload parameter."""
+
+    _secrets: ClassVar[tuple[str, ...]] = ("password",)
+
+    @field_validator("password")
+    @classmethod
+    def _short_password(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) > 8:
+            raise ValueError("SMPP 3.4 passwords are at most 8 characters")
+        return value
+
+
+ProviderConfig = Annotated[
+    Annotated[DispatchdProviderConfig, Tag("dispatchd")]
+    | Annotated[TwilioProviderConfig, Tag("twilio")]
+    | Annotated[SmppProviderConfig, Tag("smpp")],
+    Discriminator(_provider_kind),
+]
+"""One `[[providers]]` entry; `kind` picks its keys and defaults to `dispatchd`."""
 
 
 class SimulatorConfig(_Section):
@@ -138,6 +259,12 @@ class SimulatorConfig(_Section):
     `delivered`, or `delivered` then `failed`)."""
     early_callback_rate: float = Field(0.0, ge=0, le=1)
     """Share of messages whose delivery report is sent, and answered, before the provider's 200."""
+    throttle_rate: float = Field(0.0, ge=0, le=1)
+    """Share of requests answered with the provider's throttle signal (HTTP 429, Twilio
+    20429, SMPP ESME_RTHROTTLED)."""
+    smpp_port: int | None = Field(None, ge=0, le=65535)
+    """Run the simulated SMSC for `smpp` providers on this port (0 picks a free one); its
+    accounts are the `smpp` providers' system_id and password."""
     callback_retry_for: float = Field(0.0, ge=0, le=3600)
     """Seconds to keep retrying a report the receiver did not take (no connection or 5xx),
     backing off up to 1 s between tries; 0 tries once, like the simplest real provider."""
@@ -259,8 +386,8 @@ class LogConfig(_Section):
 def _default_providers() -> list[ProviderConfig]:
     base = "http://127.0.0.1:8080/simulator"
     return [
-        ProviderConfig(name="provider1", url=f"{base}/provider1", weight=30),
-        ProviderConfig(name="provider2", url=f"{base}/provider2", weight=70),
+        DispatchdProviderConfig(name="provider1", url=f"{base}/provider1", weight=30),
+        DispatchdProviderConfig(name="provider2", url=f"{base}/provider2", weight=70),
     ]
 
 
@@ -337,9 +464,18 @@ def config_path(explicit: str | None) -> Path:
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
 
 
+PROVIDER_KINDS = ("dispatchd", "twilio", "smpp")
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
+    previous: int | str | None = None
     for part in loc:
+        # A union member's tag (`providers[0].twilio.auth_token`) says nothing to the reader.
+        skip = isinstance(previous, int) and part in PROVIDER_KINDS
+        previous = part
+        if skip:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -355,6 +491,10 @@ def describe(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            where += ".kind"
+            tag = err.get("ctx", {}).get("tag")
+            msg = f"unknown provider kind {tag!r}; the kinds are {', '.join(PROVIDER_KINDS)}"
         lines.append(f"{where}: {msg}")
     return "; ".join(lines)
 

@@ -28,9 +28,11 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd import config as config_mod
-from dispatchd.config import Config
+from dispatchd.config import Config, SmppProviderConfig
 from dispatchd.control.server import ControlDeps, ControlServer, make_control_app
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
+from dispatchd.devtools import dialects
+from dispatchd.devtools.simulator import SimulatorState
+from dispatchd.devtools.smsc import Smsc
 from dispatchd.domain.errors import ConfigError, StoreError, StoreUnavailable
 from dispatchd.domain.retry import RetryPolicy
 from dispatchd.events import EventBus
@@ -41,7 +43,8 @@ from dispatchd.http.connections import make_runner
 from dispatchd.http.idempotency import Idempotency
 from dispatchd.http.watch import Watchers
 from dispatchd.metrics import Metrics
-from dispatchd.providers import ProviderClient
+from dispatchd.providers import registry
+from dispatchd.providers.base import Connector, HttpKind
 from dispatchd.service import Service
 from dispatchd.store.api import QueueStats, Store
 from dispatchd.store.sqlite import SqliteStore
@@ -67,6 +70,7 @@ class Daemon:
     health: HealthRegistry
     service: Service
     worker: Worker
+    connectors: dict[str, Connector]
     webhooks: Sender
     watchers: Watchers
     metrics: Metrics
@@ -74,6 +78,8 @@ class Daemon:
     control: ControlServer
     runner: web.AppRunner
     simulator: SimulatorState
+    smsc: Smsc | None  # the simulated SMSC, when `[simulator] smpp_port` is set
+    provider_session: aiohttp.ClientSession
     supervisor: Supervisor
     # What `stop` releases, in reverse order of acquisition.
     resources: AsyncExitStack
@@ -97,6 +103,13 @@ class Daemon:
         stack = self.resources
         await self.control.start()
         stack.push_async_callback(self.control.stop)
+        if self.smsc is not None:
+            await self.smsc.start()
+            stack.push_async_callback(self.smsc.stop)
+        # Closed after the worker stops (the stack unwinds in reverse): SMPP unbinds last.
+        for connector in self.connectors.values():
+            await connector.start()
+            stack.push_async_callback(connector.close)
         # Pushed before the API: on stop the API closes first, then the loops end.
         stack.push_async_callback(self._stop_tasks)
         await self.runner.setup()
@@ -163,13 +176,37 @@ class Daemon:
         if changed:
             raise ConfigError(f"{', '.join(changed)}: changing these needs a restart")
         self.health.reconfigure(new.providers, new.breaker_settings())
-        self.worker.update_providers(new.providers)
+        self.worker.update_connectors(self._reconnect(old, new))
+        self.service.update_kinds(report_kinds(new))
         self.webhooks.update(new.webhooks)
         self.config = new
         logger.info(
             "event=config_reloaded providers=%s",
             ",".join(f"{p.name}:{p.weight}/{p.timeout:g}s" for p in new.providers),
         )
+
+    def _reconnect(self, old: Config, new: Config) -> dict[str, Connector]:
+        """New HTTP connectors for a reloaded config; SMPP sessions stay as they are."""
+        connectors = dict(self.connectors)
+        for before, after in zip(old.providers, new.providers, strict=True):
+            if before.kind != after.kind:
+                raise ConfigError(f"providers: {after.name}'s kind changed; that needs a restart")
+            if isinstance(after, SmppProviderConfig):
+                limits = {"weight", "rate", "max_in_flight"}
+                if before.model_dump(exclude=limits) != after.model_dump(exclude=limits):
+                    raise ConfigError(
+                        f"providers: {after.name}'s SMPP session settings changed; "
+                        "that needs a restart"
+                    )
+                continue
+            connectors[after.name] = registry.connector(
+                after,
+                self.provider_session,
+                clock=self.clock,
+                on_report=self.service.provider_report,
+            )
+        self.connectors = connectors
+        return connectors
 
     def status_line(self) -> str:
         """A short live summary for systemd's STATUS=."""
@@ -244,14 +281,7 @@ async def _assemble(
     watchers = Watchers()
     events.add_listener(watchers.on_event)
     health = HealthRegistry(cfg.providers, clock=clock, breaker=cfg.breaker_settings())
-
-    async def queue_stats() -> QueueStats:
-        if store.closed:
-            raise StoreUnavailable("the store is not open")
-        return await store.queue_stats()
-
-    metrics = Metrics(stats=queue_stats, breakers=health.breaker_states, clock=clock)
-    health.add_observer(metrics.observe_call)
+    metrics = _metrics(store, health, clock)
     service = Service(
         store,
         d,
@@ -261,17 +291,23 @@ async def _assemble(
         suppressed=await store.suppressed_numbers(),
         events=events,
         clock=clock,
+        kinds=report_kinds(cfg),
     )
+    connectors = {
+        p.name: registry.connector(
+            p, provider_session, clock=clock, on_report=service.provider_report
+        )
+        for p in cfg.providers
+    }
     worker = Worker(
         store,
-        ProviderClient(provider_session, clock),
-        cfg.providers,
+        connectors,
         WorkerSettings(
             concurrency=d.concurrency,
             lease=d.lease,
             policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
         ),
-        callback_url=service.callback_url,
+        report_url=service.report_url,
         is_suppressed=service.is_suppressed,
         clock=clock,
         rng=rng,
@@ -286,20 +322,6 @@ async def _assemble(
         rng=rng,
         events=events,
     )
-    control = ControlServer(
-        make_control_app(
-            ControlDeps(
-                service=service,
-                health=health,
-                bus=events,
-                default_region=d.default_region,
-                clock=clock,
-                started_at=clock(),
-                instance=secrets.token_hex(6),
-            )
-        ),
-        cfg.control_socket,
-    )
     idempotency = Idempotency(store, ttl=cfg.api.idempotency_ttl, clock=clock)
     simulator = simulator or SimulatorState(cfg.simulator)
     app = make_app(
@@ -312,10 +334,14 @@ async def _assemble(
             keys=keys,
             metrics=metrics,
             metrics_auth=cfg.api.metrics_auth,
+            public_url=cfg.server.public_url.rstrip("/"),
         )
     )
+    smsc = None
     if cfg.simulator.enabled:
-        app.add_subapp("/simulator/", make_simulator_app(simulator))
+        app.add_subapp("/simulator/", dialects.simulator_app(simulator, cfg.providers))
+        if cfg.simulator.smpp_port is not None:
+            smsc = dialects.smsc(simulator, cfg.providers, cfg.simulator.smpp_port)
     return Daemon(
         config=cfg,
         clock=clock,
@@ -324,16 +350,59 @@ async def _assemble(
         health=health,
         service=service,
         worker=worker,
+        connectors=connectors,
         webhooks=webhooks,
         watchers=watchers,
         metrics=metrics,
         idempotency=idempotency,
-        control=control,
+        control=_control(cfg, service, health, events, clock),
         runner=make_runner(app),
         simulator=simulator,
+        smsc=smsc,
+        provider_session=provider_session,
         supervisor=Supervisor(),
         resources=stack,
     )
+
+
+def report_kinds(cfg: Config) -> dict[str, HttpKind]:
+    """The providers whose reports come to /providers/{name}/reports, by name."""
+    kinds = {}
+    for provider in cfg.providers:
+        kind = registry.http_kind(provider)
+        if kind is not None and provider.kind != "dispatchd":
+            kinds[provider.name] = kind
+    return kinds
+
+
+def _metrics(store: Store, health: HealthRegistry, clock: Callable[[], float]) -> Metrics:
+    async def queue_stats() -> QueueStats:
+        if store.closed:
+            raise StoreUnavailable("the store is not open")
+        return await store.queue_stats()
+
+    metrics = Metrics(stats=queue_stats, breakers=health.breaker_states, clock=clock)
+    health.add_observer(metrics.observe_call)
+    return metrics
+
+
+def _control(
+    cfg: Config,
+    service: Service,
+    health: HealthRegistry,
+    events: EventBus,
+    clock: Callable[[], float],
+) -> ControlServer:
+    deps = ControlDeps(
+        service=service,
+        health=health,
+        bus=events,
+        default_region=cfg.delivery.default_region,
+        clock=clock,
+        started_at=clock(),
+        instance=secrets.token_hex(6),
+    )
+    return ControlServer(make_control_app(deps), cfg.control_socket)
 
 
 def not_ready_reason(store: Store, worker: Worker) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 from dispatchd.config import ProviderConfig
 from dispatchd.domain.breaker import Breaker, BreakerSettings, BreakerState, Transition
 from dispatchd.domain.errors import DispatchdError
+from dispatchd.domain.ratelimit import Limits, ProviderLimiter
 from dispatchd.domain.routing import Candidate
 from dispatchd.events import EventBus
 
@@ -147,6 +148,8 @@ class ProviderHealth:
         self.last_error_at: float | None = None
         self.consecutive_failures = 0
         self.breaker = Breaker(breaker, now)
+        # `rate` and `max_in_flight`, and the hold a throttle answer puts on the provider.
+        self.limiter = ProviderLimiter(_limits(config))
         self._window = window
         self._seconds: deque[_Second] = deque()
 
@@ -178,6 +181,7 @@ class ProviderHealth:
         if self.weight_override == config.weight:
             self.weight_override = None
         self.breaker.reconfigure(breaker)
+        self.limiter.reconfigure(_limits(config))
 
     def record(self, now: float, *, ok: bool, latency_ms: float, error: str | None) -> None:
         second = int(now)
@@ -225,6 +229,10 @@ class ProviderHealth:
         return HealthChange(
             self.name, transition, self.effective_weight, self.breaker.weight_factor()
         )
+
+
+def _limits(config: ProviderConfig) -> Limits:
+    return Limits(rate=config.rate, max_in_flight=config.max_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,15 +376,26 @@ class HealthRegistry:
         ]
         return min(times) if times else None
 
-    def acquire(self, name: str) -> tuple[Permit | None, list[HealthChange]]:
-        """Ask the provider's breaker for one call now; None when it says no."""
+    def hold(self, name: str, segments: int) -> float:
+        """Seconds until the provider may take `segments` more (0: now): its `rate`, its
+        `max_in_flight`, or a throttle answer's hold. Unknown providers are never held."""
+        provider = self._providers.get(name)
+        return 0.0 if provider is None else provider.limiter.wait(segments, self._clock())
+
+    def acquire(self, name: str, segments: int = 1) -> tuple[Permit | None, list[HealthChange]]:
+        """Ask the provider's breaker for one call of `segments` now; None when it says no.
+
+        The caller checks `hold` first: a permit spends the provider's rate budget.
+        """
         provider = self._providers.get(name)
         if provider is None or provider.paused:
             return None, []
-        allowed, transition = provider.breaker.acquire(self._clock())
+        now = self._clock()
+        allowed, transition = provider.breaker.acquire(now)
         changes = [provider.change(transition)] if transition else []
         if not allowed:
             return None, changes
+        provider.limiter.start(segments, now)
         provider.in_flight += 1
         probe = provider.breaker.state is BreakerState.HALF_OPEN
         return Permit(provider, probe), changes
@@ -384,7 +403,28 @@ class HealthRegistry:
     def release(self, permit: Permit) -> None:
         """The permitted call ended without an outcome (cancelled): nothing is counted."""
         permit.provider.in_flight -= 1
+        permit.provider.limiter.finish()
         permit.provider.breaker.release(probe=permit.probe)
+
+    def throttled(self, permit: Permit, *, retry_after: float | None, latency_ms: float) -> float:
+        """The provider answered "slow down": hold it, and return until when.
+
+        Not a failure: the breaker counts nothing (a probe slot is given back), so a
+        throttling provider is slowed, never taken out of routing.
+        """
+        provider = permit.provider
+        provider.in_flight -= 1
+        provider.limiter.finish()
+        provider.breaker.release(probe=permit.probe)
+        for observer in self._observers:
+            observer(provider.name, "throttled", latency_ms)
+        until = provider.limiter.throttled(self._clock(), retry_after)
+        logger.info(
+            "event=provider_throttled provider=%s held_s=%.2f",
+            provider.name,
+            until - self._clock(),
+        )
+        return until
 
     def finish(
         self,
@@ -403,6 +443,8 @@ class HealthRegistry:
         """
         provider = permit.provider
         provider.in_flight -= 1
+        provider.limiter.finish()
+        provider.limiter.accepted()
         now = self._clock()
         provider.record(now, ok=ok, latency_ms=latency_ms, error=error)
         self._observe(provider.name, ok=ok, transport_ok=transport_ok, latency_ms=latency_ms)
@@ -491,6 +533,10 @@ class HealthRegistry:
                     "p50_ms": None if p50 is None else round(p50, 1),
                     "p95_ms": None if p95 is None else round(p95, 1),
                     "in_flight": provider.in_flight,
+                    "rate": provider.config.rate,
+                    "max_in_flight": provider.config.max_in_flight,
+                    "throttled": provider.limiter.throttled_total,
+                    "held_until": held if (held := provider.limiter.held_until) > now else None,
                     "last_error": provider.last_error,
                     "last_error_at": provider.last_error_at,
                 }

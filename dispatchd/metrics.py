@@ -76,8 +76,14 @@ class Metrics:
         )
         self.attempts = Counter(
             "dispatchd_provider_attempts",
-            "Provider calls, by provider and outcome (accepted, unavailable, rejected).",
+            "Provider calls, by provider and outcome (accepted, unavailable, rejected, throttled).",
             ["provider", "outcome"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "dispatchd_provider_throttled",
+            "Throttle answers (HTTP 429, Twilio 20429, SMPP ESME_RTHROTTLED...) by provider.",
+            ["provider"],
             registry=r,
         )
         self.latency = Histogram(
@@ -115,6 +121,8 @@ class Metrics:
     def observe_call(self, provider: str, outcome: str, latency_ms: float) -> None:
         """Count one provider call and its latency."""
         self.attempts.labels(provider, outcome).inc()
+        if outcome == "throttled":
+            self.throttled.labels(provider).inc()
         self.latency.labels(provider).observe(latency_ms / 1000)
 
     async def refresh(self) -> None:

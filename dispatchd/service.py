@@ -12,6 +12,7 @@ import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from dispatchd.config import DeliveryConfig, WebhooksConfig
 from dispatchd.domain.errors import (
@@ -33,7 +34,8 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.numbers import NumberError, to_e164
 from dispatchd.domain.sending import SendRequest, SendRules, validate_send
-from dispatchd.events import EventBus
+from dispatchd.events import Event, EventBus
+from dispatchd.providers.base import HttpKind, IncomingReport, Report
 from dispatchd.store.api import QueueStats, ReportResult, SavedResponse, Store
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,13 @@ class Service:
         suppressed: set[str],
         events: EventBus,
         clock: Callable[[], float],
+        kinds: Mapping[str, HttpKind] | None = None,
         ids: IdGenerator | None = None,
     ) -> None:
         self._store = store
+        # The HTTP kind of each provider, which verifies and reads its reports; providers
+        # of the `dispatchd` kind report through /messages/{id}/delivery_status instead.
+        self._kinds = dict(kinds or {})
         self._delivery = delivery
         self._rules = SendRules(
             default_region=delivery.default_region,
@@ -74,6 +80,12 @@ class Service:
         self._ids = ids or IdGenerator()
         self._clock = clock
         self._events = events
+        # A number the worker suppressed (a provider refused it as invalid) is refused here too.
+        events.add_listener(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.type == "number_suppressed" and isinstance(event.payload.get("number"), str):
+            self._suppressed.add(event.payload["number"])
 
     def now(self) -> float:
         """The service's clock, for callers that stamp several messages with one time."""
@@ -154,6 +166,18 @@ class Service:
     def callback_url(self, msg_id: str) -> str:
         return f"{self._public_url}/messages/{msg_id}/delivery_status?token={self.token(msg_id)}"
 
+    def update_kinds(self, kinds: Mapping[str, HttpKind]) -> None:
+        """Read reports with a reloaded configuration's kinds (new credentials)."""
+        self._kinds = dict(kinds)
+
+    def report_url(self, provider: str, msg_id: str) -> str:
+        """Where `provider` sends this message's reports: its own route when its kind signs
+        or shapes them its way, the wire format's route otherwise; always with the token."""
+        if provider not in self._kinds:
+            return self.callback_url(msg_id)
+        query = urlencode({"message": msg_id, "token": self.token(msg_id)})
+        return f"{self._public_url}/providers/{quote(provider)}/reports?{query}"
+
     def check_token(self, msg_id: str, token: str | None) -> None:
         # compare_digest keeps the comparison constant-time, so timing leaks nothing.
         if not token or not hmac.compare_digest(self.token(msg_id), token):
@@ -163,9 +187,75 @@ class Service:
         self, msg_id: str, report: DeliveryReport, token: str | None, provider: str | None = None
     ) -> ReportResult:
         """Apply a provider's delivery report to the message `msg_id`."""
+        self.check_token(msg_id, token)
+        return await self._apply(msg_id, report, provider)
+
+    async def provider_reports(
+        self, provider: str, incoming: IncomingReport, msg_id: str | None, token: str | None
+    ) -> int:
+        """Verify, read and apply what a provider posted to /providers/{name}/reports.
+
+        With `msg_id` (the per-message URL) its token must match; either way the
+        provider's signature is checked by its kind. Returns how many reports applied to
+        a known message; UnknownMessage when some were sent and none did.
+        """
+        kind = self._kinds.get(provider)
+        if kind is None:
+            raise UnknownMessage(f"No provider named {provider!r} takes reports here.")
+        if msg_id is not None:
+            self.check_token(msg_id, token)
+        kind.verify(incoming, self._clock())
+        reports = kind.parse(incoming)
+        found = 0
+        for report in reports:
+            found += await self.provider_report(provider, report, msg_id, missing_ok=True)
+        if reports and not found:
+            raise UnknownMessage(
+                f"No message is known by {reports[0].provider_message_id!r} at {provider}."
+            )
+        return found
+
+    async def provider_report(
+        self, provider: str, report: Report, msg_id: str | None = None, *, missing_ok: bool = False
+    ) -> bool:
+        """Apply one report read by a provider's kind (an SMPP receipt, a webhook's entry).
+
+        The message is `msg_id`, or the one `provider` knows by the report's id (or one
+        of its other spellings). An intermediate status is only recorded in the history.
+        UnknownMessage if there is none (False with `missing_ok`), so an SMSC offers the
+        receipt again once the submit's answer has been stored.
+        """
+        msg_id = msg_id or await self._find(provider, report)
+        if msg_id is None:
+            logger.info(
+                "event=report_unknown provider=%s id=%s", provider, report.provider_message_id
+            )
+            if missing_ok:
+                return False
+            raise UnknownMessage(f"No message is known by {report.provider_message_id!r}.")
+        said = report.raw_status + (f", error {report.error_code}" if report.error_code else "")
+        if report.status is None:
+            note = f"report '{said}' from {provider}: not final, status kept"
+            if not await self._store.add_note(msg_id, note, self._clock()):
+                raise UnknownMessage(f"No message has id {msg_id!r}.")
+            return True
+        await self._apply(
+            msg_id, DeliveryReport(report.status, report.provider_message_id, said), provider
+        )
+        return True
+
+    async def _find(self, provider: str, report: Report) -> str | None:
+        for spelling in (report.provider_message_id, *report.aliases):
+            found = await self._store.id_for_provider_message(spelling, provider)
+            if found is not None:
+                return found
+        return None
+
+    async def _apply(
+        self, msg_id: str, report: DeliveryReport, provider: str | None
+    ) -> ReportResult:
         if report.status not in REPORT_STATUSES:
             raise ValueError(f"{report.status} is not a delivery report status")
-        self.check_token(msg_id, token)
         result = await self._store.apply_report(msg_id, report, provider, self._clock())
         if not result.found:
             raise UnknownMessage()

@@ -11,16 +11,23 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dispatchd.config import ProviderConfig
 from dispatchd.domain import retry, routing
-from dispatchd.domain.errors import ProviderUnavailable, StoreError
+from dispatchd.domain.errors import StoreError
 from dispatchd.domain.models import Attempt, ErrorCode, Outcome, Status
 from dispatchd.events import Event, EventBus
 from dispatchd.health import HealthChange, HealthRegistry, Permit, announce
-from dispatchd.providers import Accepted, CallResult, ProviderClient
+from dispatchd.providers.base import (
+    Accepted,
+    Call,
+    Connector,
+    InvalidNumber,
+    Submission,
+    Throttled,
+    Unavailable,
+)
 from dispatchd.store.api import Claimed, Store
 from dispatchd.tasks import TaskPool
 
@@ -54,11 +61,10 @@ class Worker:
     def __init__(
         self,
         store: Store,
-        client: ProviderClient,
-        providers: Sequence[ProviderConfig],
+        connectors: Mapping[str, Connector],
         settings: WorkerSettings,
         *,
-        callback_url: Callable[[str], str],
+        report_url: Callable[[str, str], str],
         is_suppressed: Callable[[str], bool],
         clock: Callable[[], float],
         rng: random.Random,
@@ -66,13 +72,12 @@ class Worker:
         events: EventBus,
     ) -> None:
         self._store = store
-        self._client = client
-        self._providers = {p.name: p for p in providers}
+        self._connectors = dict(connectors)
         # Routing reads candidates from here on every attempt, so operator changes apply at once.
         self._health = health
         self._events = events
         self._settings = settings
-        self._callback_url = callback_url
+        self._report_url = report_url
         self._is_suppressed = is_suppressed
         self._clock = clock
         self._rng = rng
@@ -198,9 +203,9 @@ class Worker:
         unstarted, self._unstarted = self._unstarted, []
         return [*unstarted, *cut]
 
-    def update_providers(self, providers: Sequence[ProviderConfig]) -> None:
-        """Use new URLs and timeouts from the next call on (same provider names)."""
-        self._providers = {p.name: p for p in providers}
+    def update_connectors(self, connectors: Mapping[str, Connector]) -> None:
+        """Call through these from the next call on (a reload's new URLs and timeouts)."""
+        self._connectors = dict(connectors)
 
     async def _deliver_safely(self, item: Claimed) -> None:
         try:
@@ -254,56 +259,83 @@ class Worker:
         await self._attempt(item, now)
 
     async def _attempt(self, item: Claimed, now: float) -> None:
-        """Try providers in routing order until one accepts; skip those whose circuit says no."""
+        """Try providers in routing order until one accepts; skip those whose circuit says no.
+
+        A provider routing picks first that is at its rate limit, or held by a throttle
+        answer, keeps the message: it waits for that provider rather than moving the load
+        onto another's limits, and the wait uses up no attempt.
+        """
         attempts: list[Attempt] = []
         errors: list[str] = []
         unavailable = skipped = False
         failed: tuple[str, str] | None = None  # the provider that just failed, and why
-        callback_url = self._callback_url(item.id)
         for name in routing.plan(self._health.candidates(), self._rng):
-            permit = self._acquire(name)
+            connector = self._connectors.get(name)
+            if connector is None:
+                skipped = True
+                continue
+            wait = self._health.hold(name, item.segments)
+            if wait > 0:
+                if not attempts:
+                    await self._wait_for(item, name, attempts, now + wait, "is at its rate limit")
+                    return
+                skipped = True  # failing over: a provider at its limit is not asked now
+                continue
+            permit = self._acquire(name, item.segments)
             if permit is None:
                 skipped = True  # not tried in this attempt; nothing to record
                 continue
             if failed is not None:
                 self._publish("failover", item, provider=failed[0], to=name, error=failed[1])
-            call = await self._call(permit, item, callback_url)
-            result = call.result
-            if isinstance(result, Accepted):
+            call = await self._call(connector, permit, item, now)
+            outcome = call.outcome
+            if isinstance(outcome, Accepted):
                 attempts.append(
                     Attempt(
-                        name, call.started_at, Outcome.ACCEPTED, result.http_status, call.latency_ms
+                        name,
+                        call.started_at,
+                        Outcome.ACCEPTED,
+                        outcome.http_status,
+                        call.latency_ms,
                     )
                 )
-                await self._sent(item, name, result, call, attempts)
+                await self._sent(item, name, outcome, call, attempts)
                 return
-            failed_over = isinstance(result, ProviderUnavailable)
-            unavailable = unavailable or failed_over
-            outcome = Outcome.UNAVAILABLE if failed_over else Outcome.REJECTED
+            if isinstance(outcome, Throttled):
+                until = self._health.throttled(
+                    permit, retry_after=outcome.retry_after, latency_ms=call.latency_ms
+                )
+                await self._wait_for(item, name, attempts, until, f"throttled: {outcome.reason}")
+                return
+            kind = Outcome.UNAVAILABLE if isinstance(outcome, Unavailable) else Outcome.REJECTED
             attempts.append(
                 Attempt(
                     name,
                     call.started_at,
-                    outcome,
-                    result.http_status,
+                    kind,
+                    outcome.http_status,
                     call.latency_ms,
-                    result.message,
+                    outcome.reason,
                 )
             )
-            errors.append(f"{name}: {result.message}")
+            if isinstance(outcome, InvalidNumber):
+                await self._invalid_number(item, name, outcome, attempts)
+                return
+            unavailable = unavailable or kind is Outcome.UNAVAILABLE
+            errors.append(f"{name}: {outcome.reason}")
             logger.info(
                 "event=provider_error id=%s provider=%s outcome=%s error=%r",
                 item.id,
                 name,
-                outcome,
-                result.message,
+                kind,
+                outcome.reason,
             )
-            failed = (name, result.message)
+            failed = (name, outcome.reason)
         if not attempts:
             # Every provider was paused, or its circuit opened, between the claim and now:
             # nothing was tried, so the message goes back untouched to wait for one.
             detail = "no provider may be tried now (paused, or circuit open)"
-            await self._store.requeue(item, now, ErrorCode.PROVIDERS_UNAVAILABLE, detail, (), now)
+            await self._store.defer(item, now, detail)
             self._moved(item)
             return
         # A provider left out for its open circuit was not asked: that is an outage, not a
@@ -311,43 +343,78 @@ class Worker:
         all_rejected = not (unavailable or skipped or self._health.open_circuits())
         await self._give_up_or_retry(item, attempts, errors, all_rejected=all_rejected)
 
-    def _acquire(self, name: str) -> Permit | None:
-        """The provider's breaker's leave for one call now, or None (also for unknown names)."""
-        if name not in self._providers:
-            return None
-        permit, changes = self._health.acquire(name)
+    async def _wait_for(
+        self, item: Claimed, name: str, attempts: list[Attempt], at: float, why: str
+    ) -> None:
+        """Hand the message back until `at`, when `name` may take it again."""
+        detail = f"waiting for {name}, which {why}" if why.startswith("is ") else f"{name} {why}"
+        at = min(at, item.expires_at)
+        if attempts:
+            # Others were really tried in this attempt: it counts, and their calls are kept.
+            await self._store.requeue(
+                item, at, ErrorCode.PROVIDERS_UNAVAILABLE, detail, attempts, self._clock()
+            )
+        else:
+            await self._store.defer(item, at, detail)
+        self._moved(item)
+
+    async def _invalid_number(
+        self, item: Claimed, name: str, outcome: InvalidNumber, attempts: list[Attempt]
+    ) -> None:
+        """The provider says the number itself is bad: end the message, suppress the number."""
+        now = self._clock()
+        detail = f"{name} refused the number: {outcome.reason}"
+        await self._store.finish(
+            item, Status.INVALID, ErrorCode.REPORTED_INVALID, detail, attempts, now
+        )
+        also = await self._store.suppress(item.to_number, now, f"refused by {name} for {item.id}")
+        logger.info("event=number_invalid id=%s provider=%s code=%s", item.id, name, outcome.code)
+        self._publish("invalid", item, provider=name, code=ErrorCode.REPORTED_INVALID.value)
+        for other in also:
+            self._events.publish(
+                "invalid", {"id": other, "number": item.to_number, "code": "number_suppressed"}
+            )
+        self._publish("number_suppressed", item, also_invalidated=len(also))
+
+    def _acquire(self, name: str, segments: int) -> Permit | None:
+        """The provider's breaker's leave for one call now, or None."""
+        permit, changes = self._health.acquire(name, segments)
         if changes:
             self._announce(changes)
         return permit
 
-    async def _call(self, permit: Permit, item: Claimed, callback_url: str) -> CallResult:
+    async def _call(self, connector: Connector, permit: Permit, item: Claimed, now: float) -> Call:
         """Call the provider and report the outcome to its health and breaker."""
+        submission = Submission(
+            message_id=item.id,
+            to_number=item.to_number,
+            body=item.body,
+            segments=item.segments,
+            report_url=self._report_url(permit.provider.name, item.id),
+            validity=max(0.0, item.expires_at - now),
+        )
         try:
-            call = await self._client.send(
-                self._providers[permit.provider.name],
-                to_number=item.to_number,
-                message=item.body,
-                callback_url=callback_url,
-            )
+            call = await connector.send(submission)
         except BaseException:
             self._health.release(permit)  # cancelled: a probe slot must not stay taken
             raise
-        result = call.result
-        accepted = isinstance(result, Accepted)
+        outcome = call.outcome
+        if isinstance(outcome, Throttled):
+            return call  # the caller holds the provider; not a failure
         changes = self._health.finish(
             permit,
-            ok=accepted,
-            # A 4xx rejection is an answer: only transport failures count against the breaker.
-            transport_ok=not isinstance(result, ProviderUnavailable),
+            ok=isinstance(outcome, Accepted),
+            # An answer is an answer: only transport failures count against the breaker.
+            transport_ok=not isinstance(outcome, Unavailable),
             latency_ms=call.latency_ms,
-            error=None if isinstance(result, Accepted) else result.message,
+            error=None if isinstance(outcome, Accepted) else outcome.reason,
         )
         if changes:
             self._announce(changes)
         return call
 
     async def _sent(
-        self, item: Claimed, name: str, result: Accepted, call: CallResult, attempts: list[Attempt]
+        self, item: Claimed, name: str, result: Accepted, call: Call, attempts: list[Attempt]
     ) -> None:
         await self._store.mark_sent(item, name, result.provider_message_id, attempts, self._clock())
         logger.info(

@@ -104,6 +104,13 @@ class Message:
 class DeliveryReport:
     status: Status
     provider_message_id: str
+    # What the provider said, as it said it ("undelivered, error 30003"), for the history.
+    detail: str | None = None
+
+    def source(self, provider: str | None) -> str:
+        """How the message's history names this report."""
+        text = f" from {provider}" if provider else ""
+        return f"{text}: {self.detail}" if self.detail else text
 
 
 def isoformat(ts: float | None) -> str | None:

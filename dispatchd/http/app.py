@@ -28,6 +28,7 @@ from dispatchd.http.batches import post_batch
 from dispatchd.http.bodies import (
     MAX_BATCH_BODY,
     MAX_BODY,
+    read_body,
     read_report,
     read_send_fields,
     status_param,
@@ -42,6 +43,7 @@ from dispatchd.http.openapi import openapi_document
 from dispatchd.http.problems import PROBLEM_TYPE, Problem, validation
 from dispatchd.http.resources import message_resource, no_such_message
 from dispatchd.metrics import metrics_response
+from dispatchd.providers.base import BadReport, ForgedReport, IncomingReport
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,33 @@ async def seed_delivery_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def provider_reports(request: web.Request) -> web.Response:
+    """Reports in a provider's own format: per message (`?message=&token=`) or sent to one
+    account- or application-level URL; the provider's signature is verified either way."""
+    deps = request.app[DEPS]
+    name = request.match_info["name"]
+    body = await read_body(request)
+    incoming = IncomingReport(
+        # As the provider called it: the signature covers the URL it was given.
+        url=deps.public_url + request.raw_path,
+        headers=request.headers,
+        body=body,
+        content_type=request.content_type,
+    )
+    msg_id = request.query.get("message")
+    try:
+        await deps.service.provider_reports(name, incoming, msg_id, _token(request))
+    except BadToken as exc:
+        raise _unauthorized() from exc
+    except ForgedReport as exc:
+        raise Problem(403, "invalid_signature", "Invalid report signature", exc.message) from exc
+    except BadReport as exc:
+        raise Problem(400, "malformed_report", "Malformed report", exc.message) from exc
+    except UnknownMessage as exc:
+        raise Problem(404, "message_not_found", "Message not found", exc.message) from exc
+    return web.Response(status=204)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -227,6 +256,7 @@ def make_app(deps: WebDeps) -> web.Application:
     r.add_get("/messages/{id:(?!(?:delivery_status|batch)$)[^/]+}", get_message)
     r.add_post("/messages/{id}/delivery_status", delivery_status)
     r.add_get("/messages/{id}/events", message_events)
+    r.add_post("/providers/{name}/reports", provider_reports)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/openapi.json", openapi)

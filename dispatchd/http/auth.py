@@ -39,6 +39,8 @@ OPEN_PATHS = frozenset(
         "/openapi.json",
         "/messages/delivery_status",
         "/messages/{id}/delivery_status",
+        # Providers' own report formats: signed by the provider, or carrying the token.
+        "/providers/{name}/reports",
     }
 )
 METRICS_PATH = "/metrics"

@@ -31,6 +31,8 @@ class WebDeps:
     keys: KeyRing = field(default_factory=lambda: KeyRing(()))
     metrics: Metrics | None = None  # None: no /metrics route
     metrics_auth: bool = False  # /metrics needs an API key too
+    # `[server] public_url`: providers sign the URL they call, which is this plus the path.
+    public_url: str = ""
 
 
 DEPS = web.AppKey("deps", WebDeps)

@@ -43,6 +43,7 @@ class Claimed:
     attempt: int
     expires_at: float
     token: str  # the lease's fencing token: later transitions must present it
+    segments: int = 1  # what the provider's rate limit counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,11 @@ class Store(Protocol):
         """Give claimed messages back to the queue, due at `at`, without recording an attempt."""
         ...
 
+    async def defer(self, claim: Claimed, at: float, detail: str) -> bool:
+        """Give a claimed message back, due at `at`, as if it had not been claimed: the claim
+        does not count as an attempt (a provider's rate limit or throttle held it)."""
+        ...
+
     async def finish(
         self,
         claim: Claimed,
@@ -197,7 +203,11 @@ class Store(Protocol):
         """
         ...
 
-    async def id_for_provider_message(self, provider_message_id: str) -> str | None: ...
+    async def id_for_provider_message(
+        self, provider_message_id: str, provider: str | None = None
+    ) -> str | None:
+        """The message the provider knows by this id (only among `provider`'s, if given)."""
+        ...
 
     # -- reading --------------------------------------------------------------------------
 
@@ -228,6 +238,11 @@ class Store(Protocol):
     # -- suppressions and operator actions --------------------------------------------------
 
     async def suppressed_numbers(self) -> set[str]: ...
+
+    async def suppress(self, number: str, now: float, reason: str) -> tuple[str, ...]:
+        """Refuse messages to `number` from now on; its queued messages end `invalid` (their
+        ids are returned)."""
+        ...
 
     async def lift_suppression(self, number: str) -> bool:
         """Allow messages to `number` again; False if it was not suppressed."""

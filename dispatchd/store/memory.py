@@ -301,7 +301,9 @@ class MemoryStore:
     def _claimed(self, row: _Row, now: float, token: str) -> Claimed:
         msg = row.msg
         self._history(row, Status.SENDING, now, f"attempt {msg.attempt_count}")
-        return Claimed(msg.id, msg.to_number, msg.body, msg.attempt_count, msg.expires_at, token)
+        return Claimed(
+            msg.id, msg.to_number, msg.body, msg.attempt_count, msg.expires_at, token, msg.segments
+        )
 
     async def next_wakeup(self) -> float | None:
         """Earliest time a queued message falls due or a lease runs out."""
@@ -399,6 +401,27 @@ class MemoryStore:
             released += 1
         return released
 
+    async def defer(self, claim: Claimed, at: float, detail: str) -> bool:
+        """Give a claimed message back, due at `at`, without counting the claim's attempt."""
+        self._writing()
+        row = self._held(claim)
+        if row is None:
+            return False
+        row.lease_until = row.lease_token = None
+        msg = row.msg
+        self._set(
+            row,
+            replace(
+                msg,
+                status=Status.QUEUED,
+                next_attempt_at=at,
+                updated_at=at,
+                attempt_count=max(msg.attempt_count - 1, 0),
+            ),
+        )
+        self._history(row, Status.QUEUED, at, detail)
+        return True
+
     async def finish(
         self,
         claim: Claimed,
@@ -443,7 +466,7 @@ class MemoryStore:
         if row is None:
             return ReportResult(found=False, applied=False)
         current, number = row.msg.status, row.msg.to_number
-        source = f" from {provider}" if provider else ""
+        source = report.source(provider)
         if current in FINAL_STATUSES:
             detail = f"report '{report.status}'{source} ignored: the message is already final"
             self._history(row, current, now, detail)
@@ -494,9 +517,19 @@ class MemoryStore:
             self._history(row, Status.INVALID, now, _SUPPRESSED_DETAIL)
         return tuple(queued)
 
-    async def id_for_provider_message(self, provider_message_id: str) -> str | None:
+    async def id_for_provider_message(
+        self, provider_message_id: str, provider: str | None = None
+    ) -> str | None:
         self._reading()
-        return min(self._by_provider_id.get(provider_message_id, ()), default=None)
+        ids = self._by_provider_id.get(provider_message_id, ())
+        if provider is not None:
+            ids = {i for i in ids if self._rows[i].msg.provider == provider}
+        return min(ids, default=None)
+
+    async def suppress(self, number: str, now: float, reason: str) -> tuple[str, ...]:
+        """Refuse messages to `number`; its queued messages end invalid (their ids)."""
+        self._writing()
+        return self._suppress(number, now, reason)
 
     # -- reading --------------------------------------------------------------------------
 

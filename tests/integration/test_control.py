@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatchd.config import Config, ProviderConfig
+from dispatchd.config import Config, DispatchdProviderConfig, ProviderConfig
 from dispatchd.control.server import DEPS, make_control_app
 from dispatchd.daemon import Daemon, build
 from dispatchd.domain.errors import ControlSocketError
@@ -454,8 +454,8 @@ class Clock:
 
 def providers() -> list[ProviderConfig]:
     return [
-        ProviderConfig(name="a", url="http://a.test", weight=30),
-        ProviderConfig(name="b", url="http://b.test", weight=70),
+        DispatchdProviderConfig(name="a", url="http://a.test", weight=30),
+        DispatchdProviderConfig(name="b", url="http://b.test", weight=70),
     ]
 
 

@@ -8,6 +8,7 @@ message id, 500, 400, 429, hang, drop the connection, or report before answering
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
@@ -72,7 +73,9 @@ class FakeProvider:
         if behaviour == "400":
             return web.json_response({"error": "Invalid destination"}, status=400)
         if behaviour == "429":
-            return web.json_response({"error": "Too many requests"}, status=429)
+            return web.json_response(
+                {"error": "Too many requests"}, status=429, headers={"Retry-After": "0"}
+            )
         if behaviour == "hang":
             # A provider that never answers, the subject of the tests using it; the sleep is
             # cancelled when the server closes.
@@ -286,7 +289,6 @@ async def test_report_arriving_before_the_providers_answer(
     ("behaviour", "http_status", "error_part"),
     [
         ("500", 500, "Something went wrong"),
-        ("429", 429, "429"),
         ("hang", None, "no answer within 0.2s"),
         ("drop", None, "connection failed"),
     ],
@@ -323,6 +325,29 @@ async def test_failover_to_the_other_provider(
     assert len(bad.requests) == 1
     assert len(good.requests) == 1
     assert good.requests[0]["callback_url"] == bad.requests[0]["callback_url"]
+
+
+async def test_a_throttle_answer_holds_the_message_for_that_provider_not_another(
+    tmp_path: Path,
+    start_daemon: DaemonFactory,
+    fake: FakeFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    busy, idle = await fake("provider1"), await fake("provider2")
+    busy.answers("429", "429", then="ok")
+    providers = [busy.config(1), idle.config(0)]
+    d = await start_daemon(config_for(tmp_path, providers, max_attempts=1))
+    msg_id = await post_message(http, d)
+
+    msg = await wait_status(d.store, msg_id, Status.SENT, Status.FAILED)
+    # Not a failover: the same provider took it once it said so, and no attempt was spent.
+    assert (msg.status, msg.provider, msg.attempt_count) == (Status.SENT, "provider1", 1)
+    assert idle.requests == []
+    assert len(busy.requests) == 3
+    assert attempt_summary(msg) == [("provider1", Outcome.ACCEPTED, 200)]
+    assert any("throttled" in (h.detail or "") for h in msg.history)
+    provider = next(p for p in d.health.snapshot() if p["name"] == "provider1")
+    assert (provider["throttled"], provider["breaker"]) == (2, "closed")
 
 
 @pytest.mark.parametrize("failing", ["provider1", "provider2"])
@@ -382,7 +407,7 @@ async def test_connection_errors_mocked_with_aioresponses(
     assert "connection failed" in (msg.attempts[1].error or "")
     assert "no answer within" in (msg.attempts[2].error or "")
     assert len(calls) == 2
-    payload = calls[0].kwargs["json"]
+    payload = json.loads(calls[0].kwargs["data"])
     assert payload["to_number"] == NUMBER
     assert payload["message"] == "hello"
     assert f"/messages/{msg_id}/delivery_status?token=" in payload["callback_url"]

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dispatchd.config import ProviderConfig
+from dispatchd.config import DispatchdProviderConfig, ProviderConfig
 from dispatchd.daemon import Daemon
 from dispatchd.domain.breaker import BreakerSettings, BreakerState
 from dispatchd.events import EventBus, Subscription
@@ -399,8 +399,8 @@ FAST = BreakerSettings(failure_threshold=2, cooldown=10.0, probes=1, min_calls=1
 
 def configs(w1: int = 30, w2: int = 70, timeout: float = 5.0) -> list[ProviderConfig]:
     return [
-        ProviderConfig(name="a", url="http://a.test", weight=w1, timeout=timeout),
-        ProviderConfig(name="b", url="http://b.test", weight=w2, timeout=timeout),
+        DispatchdProviderConfig(name="a", url="http://a.test", weight=w1, timeout=timeout),
+        DispatchdProviderConfig(name="b", url="http://b.test", weight=w2, timeout=timeout),
     ]
 
 
@@ -470,8 +470,8 @@ def test_reconfigure_keeps_run_time_state_of_surviving_providers() -> None:
 
     longer = replace(FAST, cooldown=60.0)
     new = [
-        ProviderConfig(name="a", url="http://a2.test", weight=40, timeout=1.0),
-        ProviderConfig(name="c", url="http://c.test", weight=10),
+        DispatchdProviderConfig(name="a", url="http://a2.test", weight=40, timeout=1.0),
+        DispatchdProviderConfig(name="c", url="http://c.test", weight=10),
     ]
     health.reconfigure(new, longer)
     assert health.names == ["a", "c"]
@@ -483,7 +483,7 @@ def test_reconfigure_keeps_run_time_state_of_surviving_providers() -> None:
     assert [c.name for c in health.candidates()] == ["c"]
     assert health.breaker_settings == longer
     # The operator's weight goes once the configuration says the same.
-    health.reconfigure([ProviderConfig(name="a", url="http://a.test", weight=5)], longer)
+    health.reconfigure([DispatchdProviderConfig(name="a", url="http://a.test", weight=5)], longer)
     assert health.get("a").weight_override is None
     # A call to a provider that is gone ends harmlessly.
     assert in_flight is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dispatchd.cli import EXIT_CONFIG
-from dispatchd.config import Config, load
+from dispatchd.config import Config, DispatchdProviderConfig, load
 from dispatchd.domain.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,9 @@ def test_values_from_file_are_used(tmp_path: Path) -> None:
     assert cfg.server.port == 9123
     assert cfg.delivery.max_attempts == 3
     assert cfg.delivery.default_region == "GB"
-    assert cfg.providers[1].url == "http://127.0.0.1:9000/p2"
+    second = cfg.providers[1]
+    assert isinstance(second, DispatchdProviderConfig), "no kind means the dispatchd kind"
+    assert second.url == "http://127.0.0.1:9000/p2"
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

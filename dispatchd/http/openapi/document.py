@@ -28,7 +28,11 @@ from dispatchd.http.openapi.messages import (
     _STATUS_CALLBACK_WEBHOOK,
 )
 from dispatchd.http.openapi.operations import _HEALTHZ, _METRICS, _OPENAPI, _READYZ
-from dispatchd.http.openapi.reports import _REPORT_BY_ID, _REPORT_BY_PROVIDER_ID
+from dispatchd.http.openapi.reports import (
+    _PROVIDER_REPORTS,
+    _REPORT_BY_ID,
+    _REPORT_BY_PROVIDER_ID,
+)
 from dispatchd.http.openapi.request_schemas import (
     _BATCH_REQUEST,
     _BATCH_RESPONSE,
@@ -91,6 +95,7 @@ def _document() -> dict[str, Any]:
             "/messages/{id}/events": {"get": _MESSAGE_EVENTS},
             "/messages/{id}/delivery_status": {"post": _REPORT_BY_ID},
             "/messages/delivery_status": {"post": _REPORT_BY_PROVIDER_ID},
+            "/providers/{name}/reports": {"post": _PROVIDER_REPORTS},
             "/healthz": {"get": _HEALTHZ},
             "/readyz": {"get": _READYZ},
             "/openapi.json": {"get": _OPENAPI},

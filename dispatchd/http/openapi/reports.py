@@ -109,3 +109,64 @@ _REPORT_BY_PROVIDER_ID: Final[Schema] = {
         "default": _DEFAULT,
     },
 }
+
+_PROVIDER_NAME_PARAM: Final[Schema] = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The provider's `name` in the configuration.",
+    "schema": {"type": "string"},
+}
+_MESSAGE_PARAM: Final[Schema] = {
+    "name": "message",
+    "in": "query",
+    "required": False,
+    "description": "The dispatchd message id, in the per-message URL dispatchd hands the "
+    "provider with each message (with `token`). Without it, the report is matched on the "
+    "provider's own message id: for reports sent to an account- or application-level URL.",
+    "schema": {"type": "string"},
+}
+
+_PROVIDER_REPORTS: Final[Schema] = {
+    "operationId": "receiveProviderReports",
+    "tags": ["delivery reports"],
+    "summary": "Receive delivery reports in a provider's own format",
+    "description": "For providers of a real kind (`twilio`, ...): the body is the "
+    "provider's status callback as it sends it (Twilio: form-encoded `MessageSid`, "
+    "`MessageStatus`, `ErrorCode`). Where the provider signs its webhooks the signature is "
+    "verified (Twilio: `X-Twilio-Signature` over the URL as called and the parameters); a "
+    "per-message URL's `token` is checked too. The provider's status words are mapped to "
+    "dispatchd's statuses as the README's table says; intermediate ones are only recorded "
+    "in `history`.",
+    "parameters": [_PROVIDER_NAME_PARAM, _MESSAGE_PARAM, {**_TOKEN_PARAM, "required": False}],
+    "requestBody": {
+        "required": True,
+        "content": {
+            FORM: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}},
+            JSON: {"schema": {"type": "object"}},
+        },
+    },
+    "responses": {
+        "204": _REPORT_204,
+        "400": _problem(
+            400,
+            ["malformed_report", "malformed_request"],
+            "The body is not a report this provider's kind can read.",
+        ),
+        "401": _INVALID_TOKEN,
+        "403": _problem(
+            403,
+            ["invalid_signature"],
+            "The provider's signature is missing, wrong or stale; nothing was changed.",
+        ),
+        "404": _problem(
+            404,
+            ["message_not_found"],
+            "No provider by this name takes reports here, or no message is known by the "
+            "report's id.",
+        ),
+        "413": _BODY_TOO_LARGE,
+        "503": _STORAGE_UNAVAILABLE,
+        "default": _DEFAULT,
+    },
+}

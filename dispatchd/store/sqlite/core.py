@@ -53,6 +53,7 @@ from dispatchd.store.sqlite.messages import (
     CLAIM_DUE,
     CLAIM_LEASE_EXPIRED,
     COUNT_BY_STATUS,
+    DEFER_ONE,
     FINISH,
     GET_META,
     INSERT_HISTORY,
@@ -69,6 +70,7 @@ from dispatchd.store.sqlite.messages import (
     REQUEUE,
     SELECT_ATTEMPTS,
     SELECT_BY_PROVIDER_ID,
+    SELECT_BY_PROVIDERS_ID,
     SELECT_CALLBACKS,
     SELECT_HISTORY,
     SELECT_MESSAGE,
@@ -324,6 +326,14 @@ class SqliteStore:
         if msgs or saved is not None:
             await self._write(_Insert.of(msgs, detail, saved))
 
+    async def suppress(self, number: str, now: float, reason: str) -> tuple[str, ...]:
+        """Refuse messages to `number`; its queued messages end invalid (their ids)."""
+
+        def op(conn: sqlite3.Connection) -> tuple[str, ...]:
+            return _suppress(conn, number, now, reason)
+
+        return await self._write(op)
+
     async def ensure_secret(self, candidate: str) -> str:
         """Store `candidate` as the callback secret unless one exists; return the stored one."""
 
@@ -421,6 +431,15 @@ class SqliteStore:
             return 0
         return await self._write(op)
 
+    async def defer(self, claim: Claimed, at: float, detail: str) -> bool:
+        """Give a claimed message back, due at `at`, without counting the claim's attempt."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            params = (at, at, claim.id, claim.token)
+            return _transition(conn, claim.id, DEFER_ONE, params, Status.QUEUED, at, detail)
+
+        return await self._write(op)
+
     async def finish(
         self,
         claim: Claimed,
@@ -452,7 +471,7 @@ class SqliteStore:
             if row is None:
                 return ReportResult(found=False, applied=False)
             current, number = Status(row[0]), row[1]
-            source = f" from {provider}" if provider else ""
+            source = report.source(provider)
             if current in FINAL_STATUSES:
                 detail = f"report '{report.status}'{source} ignored: the message is already final"
                 conn.execute(INSERT_HISTORY, (msg_id, current.value, now, detail))
@@ -472,8 +491,13 @@ class SqliteStore:
 
         return await self._write(op)
 
-    async def id_for_provider_message(self, provider_message_id: str) -> str | None:
-        row = await self._one(SELECT_BY_PROVIDER_ID, (provider_message_id,))
+    async def id_for_provider_message(
+        self, provider_message_id: str, provider: str | None = None
+    ) -> str | None:
+        if provider is None:
+            row = await self._one(SELECT_BY_PROVIDER_ID, (provider_message_id,))
+        else:
+            row = await self._one(SELECT_BY_PROVIDERS_ID, (provider_message_id, provider))
         return None if row is None else str(row[0])
 
     # -- reading --------------------------------------------------------------------------

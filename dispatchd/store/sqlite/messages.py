@@ -44,7 +44,7 @@ INSERT_ATTEMPT = (
 )
 # Each claimed row gets its own fencing token: randomblob() is evaluated per row.
 NEW_TOKEN = "lower(hex(randomblob(16)))"
-CLAIMED_COLUMNS = "id, to_number, body, attempt_count, expires_at, lease_token"
+CLAIMED_COLUMNS = "id, to_number, body, attempt_count, expires_at, lease_token, segments"
 CLAIM_DUE = f"""
 UPDATE messages SET status = 'sending', lease_until = :lease_until, lease_token = {NEW_TOKEN},
     updated_at = :now, attempt_count = attempt_count + 1, next_attempt_at = NULL
@@ -80,6 +80,12 @@ WHERE status = 'sending'
 RETURNING id
 """
 # Every transition of a claimed message is fenced: it applies only for the lease's holder.
+# As if never claimed: the claim's attempt is given back.
+DEFER_ONE = """
+UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
+    lease_token = NULL, updated_at = ?, attempt_count = max(attempt_count - 1, 0)
+WHERE id = ? AND status = 'sending' AND lease_token = ?
+"""
 RELEASE_ONE = """
 UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
     lease_token = NULL, updated_at = ?
@@ -134,6 +140,9 @@ SELECT status, url, state, attempts, last_http_status, last_error, created_at, f
 FROM webhooks INDEXED BY webhooks_message WHERE message_id = ? ORDER BY id
 """
 SELECT_BY_PROVIDER_ID = "SELECT id FROM messages WHERE provider_message_id = ? LIMIT 1"
+SELECT_BY_PROVIDERS_ID = (
+    "SELECT id FROM messages WHERE provider_message_id = ? AND provider = ? LIMIT 1"
+)
 SELECT_SUPPRESSIONS = "SELECT number FROM suppressions"
 # Newest first by id (UUIDv7 sorts by creation time); the cursor is the last id returned.
 LIST_MESSAGES = {
@@ -215,7 +224,7 @@ def _saved_row(saved: SavedResponse) -> tuple[Any, ...]:
 
 
 def _claimed_from_row(row: Sequence[Any]) -> Claimed:
-    return Claimed(row[0], row[1], row[2], row[3], row[4], row[5])
+    return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
 
 @dataclass(frozen=True, slots=True)
