@@ -36,7 +36,11 @@ DEFAULT_CONFIG_PATH = Path("dispatchd.toml")
 
 def _provider_kind(value: Any) -> str:
     """The `kind` of a `[[providers]]` entry: `dispatchd` when it names none."""
-    kind = value.get("kind", "dispatchd") if isinstance(value, dict) else value.kind
+    kind = (
+        value.get("kind", "dispatchd")
+        if isinstance(value, dict)
+        else getattr(value, "kind", "dispatchd")
+    )
     return str(kind)
 
 
@@ -48,8 +52,9 @@ def _http_url(value: str) -> str:
 
 
 class _Section(BaseModel):
-    # Unknown keys are typos far more often than intent, so they fail loudly.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos far more often than intent, so they fail loudly. Inputs stay out
+    # of the errors: a rejected value may be a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ServerConfig(_Section):
@@ -138,6 +143,8 @@ class _Provider(_Section):
                 out[key] = Path(str(path)).read_text().strip()
             except OSError as exc:
                 raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{key}_file: {path} is not UTF-8 text") from exc
         return out
 
 
@@ -159,14 +166,16 @@ class TwilioProviderConfig(_Provider):
     """The API base; point it at the simulator (`{public_url}/simulator/twilio`) to test."""
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
     """The account (AC...) the messages are sent from."""
-    auth_token: SecretStr
+    auth_token: SecretStr = Field(min_length=1)
     """The account's Auth Token: HTTP Basic password, and the key of X-Twilio-Signature."""
     from_: str | None = Field(None, alias="from", min_length=1)
     """The sender: a number in E.164, a short code or an alphanumeric sender ID."""
     messaging_service_sid: str | None = Field(None, pattern=r"^MG[0-9a-fA-F]{32}$")
     """A Messaging Service (MG...) to send through instead of one `from`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
     _secrets: ClassVar[tuple[str, ...]] = ("auth_token",)
     _check_url = field_validator("url")(_http_url)
 
@@ -184,7 +193,7 @@ class SmppProviderConfig(_Provider):
     host: str = Field(min_length=1)
     port: int = Field(2775, ge=1, le=65535)
     system_id: str = Field(min_length=1, max_length=15)
-    password: SecretStr
+    password: SecretStr = Field(min_length=1)
     system_type: str = Field("", max_length=12)
     source_addr: str = Field(min_length=1, max_length=20)
     """The sender address the SMSC shows (a number, short code or alphanumeric ID)."""
@@ -212,10 +221,135 @@ class SmppProviderConfig(_Provider):
         return value
 
 
+class VonageProviderConfig(_Provider):
+    """Vonage's Messages API v1 (SMS channel)."""
+
+    kind: Literal["vonage"]
+    url: str = "https://api.nexmo.com"
+    """The API base (regional: https://api-eu.vonage.com, https://api-ap.vonage.com)."""
+    application_id: str | None = None
+    """The Vonage application whose private key signs the request JWTs (RS256)."""
+    private_key: SecretStr | None = None
+    """The application's private key, PEM; usually given as `private_key_file`."""
+    api_key: str | None = None
+    """With `api_secret`: HTTP Basic instead of an application JWT."""
+    api_secret: SecretStr | None = None
+    from_: str = Field(alias="from", min_length=1)
+    """The sender: a number or an alphanumeric sender ID."""
+    signature_secret: SecretStr = Field(min_length=1)
+    """The account's signature secret: the key of the HS256 JWTs on status webhooks."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+    _secrets: ClassVar[tuple[str, ...]] = ("private_key", "api_secret", "signature_secret")
+    _check_url = field_validator("url")(_http_url)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> VonageProviderConfig:
+        app = self.application_id is not None or self.private_key is not None
+        basic = self.api_key is not None or self.api_secret is not None
+        if app == basic:
+            raise ValueError("set application_id with private_key_file, or api_key with api_secret")
+        if app and (self.application_id is None or self.private_key is None):
+            raise ValueError("application_id and private_key_file go together")
+        if basic and (self.api_key is None or self.api_secret is None):
+            raise ValueError("api_key and api_secret go together")
+        return self
+
+
+class TelnyxProviderConfig(_Provider):
+    """Telnyx's Messaging API v2."""
+
+    kind: Literal["telnyx"]
+    url: str = "https://api.telnyx.com"
+    api_key: SecretStr = Field(min_length=1)
+    """The API key (Authorization: Bearer)."""
+    from_: str | None = Field(None, alias="from", min_length=1)
+    """The sender number, or use `messaging_profile_id`."""
+    messaging_profile_id: str | None = Field(None, min_length=1)
+    public_key: str = Field(min_length=1)
+    """The account's Ed25519 public key (base64) that verifies webhook signatures."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+    _secrets: ClassVar[tuple[str, ...]] = ("api_key",)
+    _check_url = field_validator("url")(_http_url)
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> TelnyxProviderConfig:
+        if self.from_ is None and self.messaging_profile_id is None:
+            raise ValueError("set from or messaging_profile_id")
+        return self
+
+
+class SinchProviderConfig(_Provider):
+    """Sinch's SMS REST API (XMS batches)."""
+
+    kind: Literal["sinch"]
+    service_plan_id: str = Field(min_length=1)
+    api_token: SecretStr = Field(min_length=1)
+    """The service plan's API token (Authorization: Bearer)."""
+    from_: str = Field(alias="from", min_length=1)
+    region: Literal["us", "eu", "au", "br", "ca"] = "us"
+    """Picks the API base https://{region}.sms.api.sinch.com unless `url` is set."""
+    url: str | None = None
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+    _secrets: ClassVar[tuple[str, ...]] = ("api_token",)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+
+class InfobipProviderConfig(_Provider):
+    """Infobip's SMS API v3."""
+
+    kind: Literal["infobip"]
+    url: str
+    """The account's own API base URL (https://xxxxx.api.infobip.com)."""
+    api_key: SecretStr = Field(min_length=1)
+    """Sent as `Authorization: App <key>`."""
+    from_: str = Field(alias="from", min_length=1)
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+    _secrets: ClassVar[tuple[str, ...]] = ("api_key",)
+    _check_url = field_validator("url")(_http_url)
+
+
+class PlivoProviderConfig(_Provider):
+    """Plivo's Message API."""
+
+    kind: Literal["plivo"]
+    url: str = "https://api.plivo.com"
+    auth_id: str = Field(min_length=1)
+    auth_token: SecretStr = Field(min_length=1)
+    """HTTP Basic password, and the key of X-Plivo-Signature-V2."""
+    from_: str = Field(alias="from", min_length=1)
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
+    _secrets: ClassVar[tuple[str, ...]] = ("auth_token",)
+    _check_url = field_validator("url")(_http_url)
+
+
 ProviderConfig = Annotated[
     Annotated[DispatchdProviderConfig, Tag("dispatchd")]
     | Annotated[TwilioProviderConfig, Tag("twilio")]
-    | Annotated[SmppProviderConfig, Tag("smpp")],
+    | Annotated[SmppProviderConfig, Tag("smpp")]
+    | Annotated[VonageProviderConfig, Tag("vonage")]
+    | Annotated[TelnyxProviderConfig, Tag("telnyx")]
+    | Annotated[SinchProviderConfig, Tag("sinch")]
+    | Annotated[InfobipProviderConfig, Tag("infobip")]
+    | Annotated[PlivoProviderConfig, Tag("plivo")],
     Discriminator(_provider_kind),
 ]
 """One `[[providers]]` entry; `kind` picks its keys and defaults to `dispatchd`."""
@@ -280,8 +414,9 @@ class BreakerConfig(_Section):
     """Per-provider circuit breaker and traffic shifting (see dispatchd/domain/breaker.py)."""
 
     failure_threshold: int = Field(5, ge=1, le=10_000)
-    """Transport failures in a row (5xx, 408, 429, timeout, connection error) that open the
-    circuit; a 4xx rejection is not the provider's fault and does not count."""
+    """Transport failures in a row (5xx, 408, timeout, connection error) that open the
+    circuit; a 4xx rejection is not the provider's fault and does not count, nor does a
+    throttle answer (429), which only slows the provider down."""
     error_rate: float = Field(0.5, gt=0, le=1)
     """Share of failed calls in the window that opens the circuit, once `min_calls` were made;
     a fifth of it already shifts traffic away."""
@@ -399,6 +534,7 @@ class Config(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,
     )
 
     server: ServerConfig = ServerConfig()
@@ -464,7 +600,7 @@ def config_path(explicit: str | None) -> Path:
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
 
 
-PROVIDER_KINDS = ("dispatchd", "twilio", "smpp")
+PROVIDER_KINDS = ("dispatchd", "twilio", "smpp", "vonage", "telnyx", "sinch", "infobip", "plivo")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -519,5 +655,6 @@ def load(path: Path | None, *, must_exist: bool = False) -> Config:
     except SettingsError as exc:
         # A DISPATCHD_* variable holding a list or table that is not JSON.
         raise ConfigError(
-            f"environment: {exc}; give lists as JSON, e.g. DISPATCHD_API__KEYS='[\"key\"]'"
+            f"environment: {exc}; give lists as JSON, e.g. DISPATCHD_API__KEYS='[\"key\"]' "
+            'or DISPATCHD_PROVIDERS=\'[{"name": "p1", "url": "..."}]\''
         ) from exc

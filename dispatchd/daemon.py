@@ -177,7 +177,7 @@ class Daemon:
             raise ConfigError(f"{', '.join(changed)}: changing these needs a restart")
         self.health.reconfigure(new.providers, new.breaker_settings())
         self.worker.update_connectors(self._reconnect(old, new))
-        self.service.update_kinds(report_kinds(new))
+        self.service.update_kinds(report_kinds(new, self.clock))
         self.webhooks.update(new.webhooks)
         self.config = new
         logger.info(
@@ -291,7 +291,7 @@ async def _assemble(
         suppressed=await store.suppressed_numbers(),
         events=events,
         clock=clock,
-        kinds=report_kinds(cfg),
+        kinds=report_kinds(cfg, clock),
     )
     connectors = {
         p.name: registry.connector(
@@ -365,11 +365,11 @@ async def _assemble(
     )
 
 
-def report_kinds(cfg: Config) -> dict[str, HttpKind]:
+def report_kinds(cfg: Config, clock: Callable[[], float]) -> dict[str, HttpKind]:
     """The providers whose reports come to /providers/{name}/reports, by name."""
     kinds = {}
     for provider in cfg.providers:
-        kind = registry.http_kind(provider)
+        kind = registry.http_kind(provider, clock)
         if kind is not None and provider.kind != "dispatchd":
             kinds[provider.name] = kind
     return kinds

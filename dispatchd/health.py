@@ -382,6 +382,11 @@ class HealthRegistry:
         provider = self._providers.get(name)
         return 0.0 if provider is None else provider.limiter.wait(segments, self._clock())
 
+    def book(self, name: str, segments: int) -> float:
+        """When a message the provider may not take now should be offered again (spread out
+        at its rate when many wait)."""
+        return self.get(name).limiter.book(segments, self._clock())
+
     def acquire(self, name: str, segments: int = 1) -> tuple[Permit | None, list[HealthChange]]:
         """Ask the provider's breaker for one call of `segments` now; None when it says no.
 

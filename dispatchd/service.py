@@ -204,6 +204,12 @@ class Service:
             raise UnknownMessage(f"No provider named {provider!r} takes reports here.")
         if msg_id is not None:
             self.check_token(msg_id, token)
+        elif not kind.signs_body:
+            # Nothing but the token would tell a forged report from the provider's.
+            raise BadToken(
+                f"{provider}'s reports are not signed over their body; they are taken only "
+                "at the per-message URL, with its token."
+            )
         kind.verify(incoming, self._clock())
         reports = kind.parse(incoming)
         found = 0

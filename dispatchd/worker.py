@@ -274,10 +274,10 @@ class Worker:
             if connector is None:
                 skipped = True
                 continue
-            wait = self._health.hold(name, item.segments)
-            if wait > 0:
+            if self._health.hold(name, item.segments) > 0:
                 if not attempts:
-                    await self._wait_for(item, name, attempts, now + wait, "is at its rate limit")
+                    at = self._health.book(name, item.segments)
+                    await self._wait_for(item, name, attempts, at, "is at its rate limit")
                     return
                 skipped = True  # failing over: a provider at its limit is not asked now
                 continue

@@ -28,7 +28,9 @@ and `shift_reason`, `effective_weight` (weight x factor; 0 while paused or open)
 `breaker` (`closed` | `open` | `half_open`), `breaker_reason`, `breaker_until`
 (epoch s when an open breaker lets probes through, else null), and over the
 last 60 s: `calls`, `share` (of all provider calls), `success_rate`, `p50_ms`,
-`p95_ms`; also `in_flight`, `last_error`, `last_error_at`.
+`p95_ms`; also `in_flight`, `last_error`, `last_error_at`; and the limits: `rate`
+(segments per second, 0 unlimited), `max_in_flight`, `throttled` (throttle answers so
+far) and `held_until` (epoch s while a throttle answer holds the provider, else null).
 Queue: `counts` (every status, zeros included), `oldest_queued_age_s`,
 `waiting_retry` (queued again after an attempt found no provider).
 `rates` are per-second counts, oldest first, up to five minutes; `failed` counts

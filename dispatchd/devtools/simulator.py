@@ -64,7 +64,7 @@ MAX_TRACKED_PAIRS = 200_000
 HANG_POLL = 0.2
 CALLBACK_BACKOFF_MAX = 1.0
 # Keys a provider may not override: they concern the simulator as a whole.
-NOT_PER_PROVIDER = frozenset({"enabled"})
+NOT_PER_PROVIDER = frozenset({"enabled", "smpp_port"})
 WINDOW_KEYS = frozenset({"down_after", "down_for", "flap_period"})
 
 
@@ -79,6 +79,7 @@ class ProviderCounts:
     hung: int = 0
     malformed: int = 0
     bad_requests: int = 0
+    throttled: int = 0
 
 
 @dataclass
@@ -286,6 +287,11 @@ async def _send(request: web.Request) -> web.Response:
         counts.hung += 1
         await _hang(request)
         return web.json_response({"error": "Service unavailable"}, status=503)
+    if state.chance(settings.throttle_rate):
+        counts.throttled += 1
+        return web.json_response(
+            {"error": "Too many requests"}, status=429, headers={"Retry-After": "1"}
+        )
     if settings.latency:
         await asyncio.sleep(settings.latency)
     if state.rng.random() < settings.failure_rate:

@@ -145,12 +145,8 @@ class _Dialect:
             counts.hung += 1
             await _hang(request)
             return twilio_error(503, 20503, "Service Unavailable")
-        if state.chance(getattr(settings, "throttle_rate", 0.0)):
-            # Until ProviderCounts gains `throttled`, a throttle is counted as an error.
-            if hasattr(counts, "throttled"):
-                counts.throttled += 1
-            else:
-                counts.errors += 1
+        if state.chance(settings.throttle_rate):
+            counts.throttled += 1
             return twilio_error(429, 20429, "Too Many Requests")
         if settings.latency:
             await asyncio.sleep(settings.latency)

@@ -350,9 +350,9 @@ class Smsc:
         self, session: _Session, sequence: int, submit: smpp34.SubmitSm, s: SimulatorConfig
     ) -> None:
         state, counts = self.state, self.state.stats.provider(self.name)
-        if state.chance(getattr(s, "throttle_rate", 0.0)):
+        if state.chance(s.throttle_rate):
             self.counts.throttled += 1
-            counts.errors += 1
+            counts.throttled += 1
             self._answer(session, sequence, p.ESME_RTHROTTLED)
             return
         if state.chance(s.failure_rate):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 # Seconds a provider is held after a throttle answer without Retry-After: 1, 2, 4 ... 60.
 THROTTLE_INITIAL = 1.0
 THROTTLE_MAX = 60.0
+# Seconds before a message turned away for `max_in_flight` is offered again.
+IN_FLIGHT_RECHECK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,20 +30,29 @@ class Limits:
     window: float = 1.0  # seconds
 
 
+def _whole(limits: Limits) -> Limits:
+    """Below one segment a window (Telnyx long codes: 0.1/s) the window grows instead: one
+    segment per `window / rate`, since no message has a fraction of a segment."""
+    if 0 < limits.rate < 1:
+        return Limits(1.0, limits.max_in_flight, limits.window / limits.rate)
+    return limits
+
+
 class ProviderLimiter:
     """The sending budget of one provider, judged at `now` (the caller's clock)."""
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+        self.limits = _whole(limits)
         self._sent: deque[tuple[float, int]] = deque()  # (at, segments) within the window
         self._in_window = 0
         self.in_flight = 0
         self.held_until = 0.0
+        self._booked_until = 0.0  # the last slot handed to a message told to come back
         self._throttles_in_a_row = 0
         self.throttled_total = 0
 
     def reconfigure(self, limits: Limits) -> None:
-        self.limits = limits
+        self.limits = _whole(limits)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.limits.window
@@ -50,12 +61,12 @@ class ProviderLimiter:
 
     def wait(self, segments: int, now: float) -> float:
         """Seconds until `segments` may be sent (0: now). With requests in flight at the
-        maximum, the answer is the window (a finishing call wakes the caller sooner)."""
+        maximum, a short while: any call finishing frees a slot."""
         if now < self.held_until:
             return self.held_until - now
         limits = self.limits
         if limits.max_in_flight and self.in_flight >= limits.max_in_flight:
-            return limits.window
+            return IN_FLIGHT_RECHECK
         if not limits.rate:
             return 0.0
         self._expire(now)
@@ -69,6 +80,19 @@ class ProviderLimiter:
             if freed >= need:
                 return max(at + limits.window - now, 0.0) or 1e-3
         return limits.window
+
+    def book(self, segments: int, now: float) -> float:
+        """When a message that may not go now should come back.
+
+        Messages turned away together are spread a slot apart at `rate` (not all sent back
+        at the moment the window frees, to be turned away again but one); the slot is a
+        hint, `wait` still decides when the message is sent.
+        """
+        at = now + self.wait(segments, now)
+        if self.limits.rate:
+            at = max(at, self._booked_until)
+            self._booked_until = at + segments * self.limits.window / self.limits.rate
+        return at
 
     def start(self, segments: int, now: float) -> None:
         """A request of `segments` goes out now (the caller checked `wait` first)."""

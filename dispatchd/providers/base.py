@@ -128,6 +128,10 @@ class ForgedReport(DispatchdError):
 class HttpKind(Protocol):
     """The pure half of an HTTP provider kind."""
 
+    # True when `verify` proves the body came from the provider unchanged; only then may a
+    # report come without dispatchd's per-message token (an account-level webhook URL).
+    signs_body: bool
+
     def request(self, submission: Submission) -> HttpRequest: ...
 
     def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> Outcome: ...

@@ -38,6 +38,10 @@ class DispatchdSettings:
 class DispatchdKind:
     """Builds the wire format's requests and reads its answers and reports."""
 
+    # Account-level reports (no per-message token) are taken only if this is True:
+    # the format signs nothing.
+    signs_body = False
+
     def __init__(self, settings: DispatchdSettings) -> None:
         self._url = settings.url
 

@@ -6,21 +6,32 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from pydantic import SecretStr
 
 from dispatchd.config import (
     DispatchdProviderConfig,
+    InfobipProviderConfig,
+    PlivoProviderConfig,
     ProviderConfig,
+    SinchProviderConfig,
     SmppProviderConfig,
+    TelnyxProviderConfig,
     TwilioProviderConfig,
+    VonageProviderConfig,
 )
 from dispatchd.providers.base import Connector, HttpKind, Report
 from dispatchd.providers.dispatchd import DispatchdKind, DispatchdSettings
 from dispatchd.providers.http import HttpConnector
+from dispatchd.providers.infobip import Infobip, InfobipSettings
+from dispatchd.providers.plivo import Plivo, PlivoSettings
+from dispatchd.providers.sinch import Sinch, SinchSettings
 from dispatchd.providers.smpp import SmppConnector, SmppSettings
+from dispatchd.providers.telnyx import Telnyx, TelnyxSettings
 from dispatchd.providers.twilio import Twilio, TwilioSettings
+from dispatchd.providers.vonage import Vonage, VonageSettings
 
 
-def http_kind(config: ProviderConfig) -> HttpKind | None:
+def http_kind(config: ProviderConfig, clock: Callable[[], float]) -> HttpKind | None:
     """The pure half of an HTTP provider; None for a session kind (SMPP)."""
     if isinstance(config, DispatchdProviderConfig):
         return DispatchdKind(DispatchdSettings(url=config.url))
@@ -34,7 +45,58 @@ def http_kind(config: ProviderConfig) -> HttpKind | None:
                 url=config.url,
             )
         )
+    if isinstance(config, PlivoProviderConfig):
+        return Plivo(
+            PlivoSettings(
+                auth_id=config.auth_id,
+                auth_token=config.auth_token.get_secret_value(),
+                from_=config.from_,
+                url=config.url,
+            )
+        )
+    if isinstance(config, VonageProviderConfig):
+        return Vonage(
+            VonageSettings(
+                from_=config.from_,
+                signature_secret=config.signature_secret.get_secret_value(),
+                application_id=config.application_id,
+                private_key=_secret(config.private_key),
+                api_key=config.api_key,
+                api_secret=_secret(config.api_secret),
+                url=config.url,
+            ),
+            clock=clock,
+        )
+    if isinstance(config, TelnyxProviderConfig):
+        return Telnyx(
+            TelnyxSettings(
+                api_key=config.api_key.get_secret_value(),
+                public_key=config.public_key,
+                from_=config.from_,
+                messaging_profile_id=config.messaging_profile_id,
+                url=config.url,
+            )
+        )
+    if isinstance(config, InfobipProviderConfig):
+        return Infobip(
+            InfobipSettings(
+                api_key=config.api_key.get_secret_value(), url=config.url, from_=config.from_
+            )
+        )
+    if isinstance(config, SinchProviderConfig):
+        settings = SinchSettings(
+            service_plan_id=config.service_plan_id,
+            api_token=config.api_token.get_secret_value(),
+            from_=config.from_,
+            region=config.region,
+            url=config.url,
+        )
+        return Sinch(settings, clock=clock)
     return None
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def smpp_settings(config: SmppProviderConfig) -> SmppSettings:
@@ -72,6 +134,6 @@ def connector(
         return SmppConnector(
             smpp_settings(config), on_report=receipt, clock=clock, name=config.name
         )
-    kind = http_kind(config)
+    kind = http_kind(config, clock)
     assert kind is not None  # every other kind speaks HTTP
     return HttpConnector(kind, session, timeout=config.timeout, clock=clock)

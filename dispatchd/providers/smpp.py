@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from dispatchd.domain.errors import UnknownMessage
 from dispatchd.providers import smpp_pdu as p
 from dispatchd.providers.base import (
     Accepted,
@@ -73,6 +74,8 @@ MAX_UDH_PARTS = 255
 # Ids of non-final UDH parts remembered, so their receipts are recognised and not reported;
 # past this many the oldest are forgotten (their receipts then find no message, harmlessly).
 MAX_PART_IDS = 65_536
+# Pauses between tries of a receipt whose message is not known yet (about 1.5 s in all).
+UNKNOWN_RECEIPT_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8)
 # How long close() waits for the SMSC's unbind_resp before closing the socket anyway.
 UNBIND_GRACE = 1.0
 
@@ -644,7 +647,15 @@ class SmppConnector:
             )
             return p.ESME_ROK
         try:
-            await self._on_report(report)
+            await self._report(report)
+        except UnknownMessage:
+            # Still unknown: the SMSC keeps the receipt and offers it again later.
+            logger.info(
+                "event=smpp_receipt_unknown provider=%s provider_message_id=%s",
+                self.name,
+                report.provider_message_id,
+            )
+            return p.ESME_RX_T_APPN
         except Exception:
             # Whatever broke, the SMSC keeps the receipt and offers it again later.
             logger.exception(
@@ -654,3 +665,18 @@ class SmppConnector:
             )
             return p.ESME_RX_T_APPN
         return p.ESME_ROK
+
+    async def _report(self, report: Report) -> None:
+        """Hand the receipt on; while its message is unknown, try again for a moment.
+
+        A receipt may come right behind its submit_sm_resp, before the worker has stored
+        the id that answer gave: waiting a little takes it the first time, rather than
+        relying on the SMSC to offer it again (not every SMSC does, or does so soon).
+        """
+        for pause in UNKNOWN_RECEIPT_PAUSES:
+            try:
+                await self._on_report(report)
+                return
+            except UnknownMessage:
+                await asyncio.sleep(pause)
+        await self._on_report(report)

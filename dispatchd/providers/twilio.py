@@ -64,7 +64,7 @@ VALIDITY_MAX = 36_000
 MAX_ID_LENGTH = 64
 MAX_TEXT = 200
 
-# -- mapping tables (pure data; the README's tables are generated from / checked against them)
+# -- mapping tables (pure data; the README's tables say the same, so change both together)
 
 REPORT_STATUSES: Mapping[str, Status | None] = MappingProxyType(
     {
@@ -179,6 +179,10 @@ class TwilioSettings:
 
 class Twilio:
     """The pure half of the `twilio` kind (see the module docstring)."""
+
+    # Account-level reports (no per-message token) are taken only if this is True:
+    # X-Twilio-Signature covers the URL and every parameter.
+    signs_body = True
 
     def __init__(self, settings: TwilioSettings) -> None:
         self._settings = settings

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dispatchd.domain.models import (
+    FINAL_STATUSES,
     Attempt,
     DeliveryReport,
     ErrorCode,
@@ -91,6 +92,26 @@ class DueWebhook:
     status: str
     payload: str  # the JSON body, sent byte for byte as stored
     attempts: int  # tries made before this one
+
+
+def ignored_report(
+    report: DeliveryReport,
+    source: str,
+    current: Status,
+    sent_by: str | None,
+    provider: str | None,
+) -> str | None:
+    """Why a report changes nothing (the history line), or None when it applies.
+
+    Finals stay final. A report from a provider other than the one that took the message
+    is only recorded: after a rejection and a failover, the first provider's late
+    "failed" must not end a message another provider has.
+    """
+    if current in FINAL_STATUSES:
+        return f"report '{report.status}'{source} ignored: the message is already final"
+    if provider is not None and sent_by is not None and provider != sent_by:
+        return f"report '{report.status}'{source} ignored: the message was sent through {sent_by}"
+    return None
 
 
 class Store(Protocol):
@@ -206,7 +227,10 @@ class Store(Protocol):
     async def id_for_provider_message(
         self, provider_message_id: str, provider: str | None = None
     ) -> str | None:
-        """The message the provider knows by this id (only among `provider`'s, if given)."""
+        """The message the provider knows by this id (only among `provider`'s, if given).
+
+        An id used again means the message not final yet, else the newest one.
+        """
         ...
 
     # -- reading --------------------------------------------------------------------------

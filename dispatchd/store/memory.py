@@ -34,6 +34,7 @@ from dispatchd.store.api import (
     ReportResult,
     SavedResponse,
     Store,
+    ignored_report,
 )
 
 _UNFINISHED = frozenset({Status.QUEUED, Status.SENDING})
@@ -467,8 +468,8 @@ class MemoryStore:
             return ReportResult(found=False, applied=False)
         current, number = row.msg.status, row.msg.to_number
         source = report.source(provider)
-        if current in FINAL_STATUSES:
-            detail = f"report '{report.status}'{source} ignored: the message is already final"
+        detail = ignored_report(report, source, current, row.msg.provider, provider)
+        if detail is not None:
             self._history(row, current, now, detail)
             return ReportResult(found=True, applied=False, previous=current, number=number)
         code, err = _report_error(report.status)
@@ -524,7 +525,8 @@ class MemoryStore:
         ids = self._by_provider_id.get(provider_message_id, ())
         if provider is not None:
             ids = {i for i in ids if self._rows[i].msg.provider == provider}
-        return min(ids, default=None)
+        # An id used again means the message still waiting for its report, else the latest.
+        return max(ids, key=lambda i: (not self._rows[i].msg.status.final, i), default=None)
 
     async def suppress(self, number: str, now: float, reason: str) -> tuple[str, ...]:
         """Refuse messages to `number`; its queued messages end invalid (their ids)."""

@@ -12,6 +12,7 @@ from dispatchd.console.client import CommandFailed
 Json = dict[str, Any]
 
 AT = 1_764_300_000.0  # 2025-11-28 03:20:00 UTC; every time below is relative to it
+NOW = AT + 9  # the daemon's clock when the snapshot was taken: started_at + uptime_s
 
 
 def msg_id(n: int) -> str:
@@ -47,7 +48,7 @@ SNAPSHOT: Json = {
     "protocol": 1,
     "instance": "a1b2c3d4e5f6",
     "pid": 4242,
-    "started_at": AT - 3720,
+    "started_at": NOW - 3729,
     "uptime_s": 3729.0,
     "seq": 12,
     "providers": [
@@ -64,6 +65,10 @@ SNAPSHOT: Json = {
             "p50_ms": 21.4,
             "p95_ms": 48.0,
             "in_flight": 2,
+            "rate": 10.0,
+            "max_in_flight": 0,
+            "throttled": 3,
+            "held_until": NOW + 4,  # a throttle answer holds it: "3 held 4s"
             "last_error": None,
             "last_error_at": None,
         },
@@ -80,6 +85,10 @@ SNAPSHOT: Json = {
             "p50_ms": 25.2,
             "p95_ms": 61.7,
             "in_flight": 0,
+            "rate": 0.0,
+            "max_in_flight": 0,
+            "throttled": 0,
+            "held_until": None,
             "last_error": "HTTP 500: Something went wrong",
             "last_error_at": AT - 12,
         },

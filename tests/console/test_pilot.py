@@ -17,7 +17,14 @@ from dispatchd.console.widgets.provider_table import ProviderTable
 from dispatchd.console.widgets.traffic_log import LogEntry, TrafficLog
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
-from tests.console.fakes import MESSAGE, RecordedControl, RecordingApp, msg_id
+from tests.console.fakes import (
+    MESSAGE,
+    NOW,
+    SNAPSHOT,
+    RecordedControl,
+    RecordingApp,
+    msg_id,
+)
 from tests.helpers import NUMBER
 
 pytestmark = pytest.mark.slow  # the Textual app driven by a pilot, ~2 s a test
@@ -209,6 +216,30 @@ async def test_dropped_events_are_counted_in_the_status_bar() -> None:
         control.feed.put_nowait({"type": "dropped", "seq": None, "payload": {"count": 37}})
         await until(lambda: app.main.dropped == 37, "the drop count")
         assert "dropped 37" in str(app.main.query_one("#status").render())
+
+
+async def test_throttling_shows_in_the_provider_table_while_the_hold_lasts() -> None:
+    control = RecordedControl()
+    app = RecordingApp(control, socket_label="s")
+    async with app.run_test(size=(120, 30)):
+        await until(lambda: app.main.connected, "the recorded snapshot")
+        table = app.main.query_one(ProviderTable)
+
+        def throttled(name: str) -> str:
+            return str(table.get_cell(name, "throttled"))
+
+        # The snapshot's clock is started_at + uptime_s: provider1 is held 4 s more.
+        assert throttled("provider1") == "3 held 4s"
+        assert throttled("provider2") == "0"
+        providers = [dict(p) for p in SNAPSHOT["providers"]]
+        providers[0].update(throttled=4, held_until=NOW + 75)
+        stats = {"rates": {}, "providers": providers, "uptime_s": 3730.0}
+        control.feed.put_nowait({"seq": None, "at": NOW + 1, "type": "stats", "payload": stats})
+        await until(lambda: throttled("provider1") == "4 held 1m14s", "a longer hold")
+        # Judged by each frame's own time: a later frame after the hold shows the count only.
+        later = {**stats, "uptime_s": 3820.0}
+        control.feed.put_nowait({"seq": None, "at": NOW + 90, "type": "stats", "payload": later})
+        await until(lambda: throttled("provider1") == "4", "the hold to end")
 
 
 async def test_commands_go_to_the_daemon_with_confirmation(pilot_app: Any) -> None:

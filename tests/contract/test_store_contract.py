@@ -371,6 +371,76 @@ class TestStoreContract:
         assert await store.release(claims, NOW, "again") == 0
         assert await store.release([], NOW, "nothing") == 0
 
+    async def test_defer_gives_the_claim_back_as_if_it_had_not_been_claimed(
+        self, store: Store, ids: IdGenerator, clock: Clock
+    ) -> None:
+        msg = await self.add(store, ids, status_callback_url=HOOK)
+        claim = await self.claim_one(store)
+        assert claim.attempt == 1
+        detail = "waiting for twilio, which is at its rate limit"
+        assert await store.defer(claim, NOW + 7, detail) is True
+        got = await store.get(msg.id)
+        assert got is not None
+        assert (got.status, got.attempt_count, got.next_attempt_at) == (Status.QUEUED, 0, NOW + 7)
+        assert (got.error_code, got.error_detail) == (None, None)
+        assert got.attempts == ()
+        # Stamped like `release`: with the time it is due again.
+        assert got.updated_at == NOW + 7
+        assert got.history[-1] == HistoryEntry(Status.QUEUED, NOW + 7, detail)
+        assert _statuses(got) == [Status.QUEUED, Status.SENDING, Status.QUEUED]
+        assert [c.status for c in got.callbacks] == _statuses(got)
+        # Not due before `at`; then claimed as the same first attempt.
+        assert await store.claim(10, LEASE) == []
+        assert await store.next_wakeup() == NOW + 7
+        clock.move_to(NOW + 7)
+        again = await self.claim_one(store)
+        assert (again.id, again.attempt) == (msg.id, 1)
+        assert again.token != claim.token
+        assert await store.mark_sent(again, "twilio", "SM1", [_attempt()], NOW + 7) is True
+        sent = await store.get(msg.id)
+        assert sent is not None and (sent.status, sent.attempt_count) == (Status.SENT, 1)
+
+    async def test_defer_is_fenced_by_the_lease_token(
+        self, store: Store, ids: IdGenerator, clock: Clock
+    ) -> None:
+        msg = await self.add(store, ids)
+        claim = await self.claim_one(store)
+        assert await store.defer(_stale(claim), NOW + 5, "made up") is False
+        assert await store.message_status(msg.id) is Status.SENDING
+        assert await store.defer(claim, NOW, "deferred") is True
+        assert await store.defer(claim, NOW + 5, "twice") is False, "the lease ended with it"
+        # An expired lease taken over: the old holder defers nothing, the new one gives back
+        # only its own attempt (the lost one was made).
+        again = await self.claim_one(store)
+        clock.move_to(NOW + LEASE + 1)
+        newer = await self.claim_one(store)
+        assert newer.attempt == 2
+        assert await store.defer(again, clock.now, "late") is False
+        got = await store.get(msg.id)
+        assert got is not None and (got.status, got.attempt_count) == (Status.SENDING, 2)
+        assert await store.defer(newer, clock.now, "rate limit") is True
+        got = await store.get(msg.id)
+        assert got is not None and (got.status, got.attempt_count) == (Status.QUEUED, 1)
+        assert [h.detail for h in got.history if h.status is Status.QUEUED][-1] == "rate limit"
+        # A final message cannot be deferred.
+        final = await self.claim_one(store)
+        assert await store.finish(final, Status.FAILED, UNAVAILABLE, "gave up", (), clock.now)
+        assert await store.defer(final, clock.now, "x") is False
+        assert await store.message_status(msg.id) is Status.FAILED
+
+    async def test_a_claim_carries_the_messages_segments(
+        self, store: Store, ids: IdGenerator, clock: Clock
+    ) -> None:
+        long = await self.add(store, ids, body="x" * 300, segments=2)
+        short = await self.add(store, ids)
+        claims = {c.id: c for c in await store.claim(10, LEASE)}
+        assert (claims[long.id].segments, claims[short.id].segments) == (2, 1)
+        # The other claim path too: a lapsed lease taken back.
+        clock.move_to(NOW + LEASE + 1)
+        again = {c.id: c for c in await store.claim(10, LEASE)}
+        assert (again[long.id].segments, again[short.id].segments) == (2, 1)
+        assert again[long.id].body == "x" * 300
+
     @pytest.mark.parametrize(
         ("status", "code"),
         [
@@ -531,6 +601,73 @@ class TestStoreContract:
         result = await store.apply_report("no-such-id", _report(Status.DELIVERED), None, NOW)
         assert (result.found, result.applied, result.previous) == (False, False, None)
 
+    async def test_a_reports_detail_goes_into_the_history_line(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        msg = await self.add(store, ids)
+        claim = await self.claim_one(store)
+        await store.mark_sent(claim, "twilio", "SM1", (), NOW)
+        failed = DeliveryReport(Status.FAILED, "SM1", "undelivered, error 30003")
+        result = await store.apply_report(msg.id, failed, "twilio", NOW + 1)
+        assert result.applied
+        got = await store.get(msg.id)
+        assert got is not None
+        assert got.history[-1] == HistoryEntry(
+            Status.FAILED, NOW + 1, "delivery report from twilio: undelivered, error 30003"
+        )
+        # The message's own error stays dispatchd's: the raw words are the history's.
+        assert (got.error_code, got.error_detail) == (
+            "reported_failed",
+            "The provider reported the message as not delivered.",
+        )
+        # On a final message the detail is kept in the line that records it was ignored.
+        late = DeliveryReport(Status.DELIVERED, "SM1", "delivered")
+        assert not (await store.apply_report(msg.id, late, "twilio", NOW + 2)).applied
+        history = await store.message_history(msg.id)
+        assert history[-1].status is Status.FAILED
+        assert history[-1].at == NOW + 2
+        assert "from twilio: delivered" in (history[-1].detail or "")
+        assert "ignored" in (history[-1].detail or "")
+        # Without a provider, the detail alone.
+        other = await self.add(store, ids)
+        delivered = DeliveryReport(Status.DELIVERED, "p-9", "DELIVRD")
+        await store.apply_report(other.id, delivered, None, NOW + 3)
+        [*_, last] = await store.message_history(other.id)
+        assert last == HistoryEntry(Status.DELIVERED, NOW + 3, "delivery report: DELIVRD")
+
+    async def test_id_for_provider_message_is_scoped_to_the_providers_messages(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        # Two providers that number their messages alike (two SMSCs, say) both say "0001".
+        a, b = await self.add(store, ids), await self.add(store, ids)
+        claims = {c.id: c for c in await store.claim(10, LEASE)}
+        await store.mark_sent(claims[a.id], "smsc-a", "0001", (), NOW)
+        await store.mark_sent(claims[b.id], "smsc-b", "0001", (), NOW)
+        assert await store.id_for_provider_message("0001", "smsc-a") == a.id
+        assert await store.id_for_provider_message("0001", "smsc-b") == b.id
+        assert await store.id_for_provider_message("0001", "twilio") is None
+        assert await store.id_for_provider_message("0002", "smsc-a") is None
+        assert await store.id_for_provider_message("0001") in {a.id, b.id}
+        # A report that came before the provider's answer left its id; the late answer
+        # names the provider, so the scoped lookup finds it.
+        early = await self.add(store, ids)
+        claim = await self.claim_one(store)
+        await store.apply_report(early.id, _report(Status.DELIVERED, "SM7"), "twilio", NOW + 1)
+        assert await store.mark_sent(claim, "twilio", "SM7", [_attempt()], NOW + 2) is False
+        assert await store.id_for_provider_message("SM7", "twilio") == early.id
+        assert await store.id_for_provider_message("SM7", "smsc-a") is None
+
+    async def test_an_id_the_provider_uses_again_finds_its_newest_message(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        # An SMSC numbers its messages from the start again after a restart.
+        old = await self.add(store, ids)
+        await store.mark_sent(await self.claim_one(store), "smsc", "a0000001", (), NOW)
+        await store.apply_report(old.id, _report(Status.DELIVERED, "a0000001"), "smsc", NOW)
+        new = await self.add(store, ids)
+        await store.mark_sent(await self.claim_one(store), "smsc", "a0000001", (), NOW + 1)
+        assert await store.id_for_provider_message("a0000001", "smsc") == new.id
+
     # -- suppression ----------------------------------------------------------------------
 
     async def test_an_invalid_report_suppresses_the_number_and_ends_its_queued_messages(
@@ -571,6 +708,52 @@ class TestStoreContract:
         assert await store.lift_suppression(NUMBER) is True
         assert await store.lift_suppression(NUMBER) is False
         assert await store.suppressed_numbers() == set()
+
+    async def test_suppress_ends_the_numbers_queued_messages_and_returns_them(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        refused = await self.add(store, ids)  # the one the provider refused: being sent
+        sent = await self.add(store, ids)
+        claims = {c.id: c for c in await store.claim(10, LEASE)}
+        await store.mark_sent(claims[sent.id], "provider1", "p-1", (), NOW)
+        queued = [
+            await self.add(store, ids, status_callback_url=HOOK),
+            await self.add(store, ids, next_attempt_at=NOW + 60),
+        ]
+        elsewhere = await self.add(store, ids, OTHER_NUMBER)
+        also = await store.suppress(NUMBER, NOW + 1, f"refused by twilio for {refused.id}")
+        assert also == tuple(sorted(m.id for m in queued))
+        assert await store.suppressed_numbers() == {NUMBER}
+        detail = "The number was reported invalid; the message was not sent."
+        for msg in queued:
+            ended = await store.get(msg.id)
+            assert ended is not None
+            assert (ended.status, ended.error_code, ended.error_detail) == (
+                Status.INVALID,
+                "number_suppressed",
+                detail,
+            )
+            assert (ended.next_attempt_at, ended.updated_at) == (None, NOW + 1)
+            assert ended.history[-1] == HistoryEntry(Status.INVALID, NOW + 1, detail)
+        with_hook = await store.get(queued[0].id)
+        assert with_hook is not None
+        assert [c.status for c in with_hook.callbacks] == [Status.QUEUED, Status.INVALID]
+        # What is being sent, or was sent, finishes as its sender or report decides.
+        assert await store.message_status(refused.id) is Status.SENDING
+        assert await store.message_status(sent.id) is Status.SENT
+        assert await store.message_status(elsewhere.id) is Status.QUEUED
+        # Again: already suppressed, nothing left queued.
+        assert await store.suppress(NUMBER, NOW + 2, "again") == ()
+        assert await store.suppressed_numbers() == {NUMBER}
+        assert await store.suppress(OTHER_NUMBER, NOW + 3, "x") == (elsewhere.id,)
+        assert await store.suppressed_numbers() == {NUMBER, OTHER_NUMBER}
+        assert await store.next_wakeup() == NOW + LEASE, "only the lease is left to wake for"
+        assert await store.lift_suppression(NUMBER) is True
+        assert await store.suppressed_numbers() == {OTHER_NUMBER}
+
+    async def test_suppressing_a_number_with_no_messages(self, store: Store) -> None:
+        assert await store.suppress(NUMBER, NOW, "refused by twilio") == ()
+        assert await store.suppressed_numbers() == {NUMBER}
 
     # -- idempotency keys -----------------------------------------------------------------
 

@@ -125,6 +125,7 @@ async def test_default_behaviour_answers_with_an_id_and_reports_it(sim: SimFacto
         "hung": 0,
         "malformed": 0,
         "bad_requests": 1,
+        "throttled": 0,
     }
 
 

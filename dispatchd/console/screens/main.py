@@ -6,6 +6,7 @@ here; the screen applies a whole batch at once and keeps the status bar current.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import tzinfo
@@ -75,6 +76,9 @@ class MainScreen(Screen[None]):
         self.providers: dict[str, Json] = {}
         self.snapshot: Json = {}
         self.uptime_s: float | None = None
+        # The daemon's clock as of the latest frame: throttle holds are judged against it,
+        # so the table agrees with the daemon (and recorded frames render the same).
+        self.daemon_now: float | None = None
         self._dropped_before = 0  # by the daemon, for earlier connections
         self._dropped_now = 0  # by the daemon, for this connection
         self._dropped_here = 0  # by this console's inbox overflowing
@@ -140,6 +144,9 @@ class MainScreen(Screen[None]):
         """Apply one frame; message events are collected in `entries` for the log."""
         kind = event.get("type")
         payload: Json = event.get("payload") or {}
+        at = event.get("at")
+        if isinstance(at, int | float):
+            self.daemon_now = float(at)
         if kind == "snapshot":
             entries += self._apply_snapshot(payload)
         elif kind == "stats":
@@ -169,6 +176,9 @@ class MainScreen(Screen[None]):
         self.last_seq = int(snap.get("seq", 0))
         self.snapshot = snap
         self.uptime_s = snap.get("uptime_s")
+        started_at = snap.get("started_at")
+        if isinstance(started_at, int | float) and isinstance(self.uptime_s, int | float):
+            self.daemon_now = started_at + self.uptime_s
         self.connected = True
         self._dropped_now = 0
         self._set_providers(snap.get("providers", []))
@@ -191,11 +201,14 @@ class MainScreen(Screen[None]):
         """A command's answer: show the provider's new state now, not at the next tick."""
         if provider.get("name") in self.providers:
             self.providers[str(provider["name"])] = provider
-            self.query_one(ProviderTable).update_providers([provider])
+            self.query_one(ProviderTable).update_providers([provider], self._now())
 
     def _set_providers(self, providers: list[Json]) -> None:
         self.providers = {str(p["name"]): p for p in providers}
-        self.query_one(ProviderTable).update_providers(providers)
+        self.query_one(ProviderTable).update_providers(providers, self._now())
+
+    def _now(self) -> float:
+        return time.time() if self.daemon_now is None else self.daemon_now
 
     @on(ConnectionLost)
     def _lost(self, message: ConnectionLost) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, tzinfo
 
 # A message status or event type -> its Rich style, wherever one is shown.
@@ -40,6 +41,14 @@ def fmt_age(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
     return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+def fmt_throttled(count: object, held_until: object, now: float | None) -> str:
+    """Throttle answers so far, and `held Ns` while a throttle hold lasts (as of `now`)."""
+    text = str(count) if isinstance(count, int) else "-"
+    if isinstance(held_until, int | float) and now is not None and held_until > now:
+        text += f" held {fmt_age(math.ceil(held_until - now))}"
+    return text
 
 
 def fmt_clock(at: float | None, tz: tzinfo | None) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from dispatchd.console.widgets.format import fmt_ms, fmt_pct
+from dispatchd.console.widgets.format import fmt_ms, fmt_pct, fmt_throttled
 from dispatchd.control.protocol import Json
 
 STATE_STYLE = {
@@ -21,7 +21,8 @@ STATE_LABEL = {"circuit_open": "circuit open"}
 
 
 class ProviderTable(DataTable[Any]):
-    """One row per provider: state, weights, share, success, latency, in flight, last error."""
+    """One row per provider: state, weights, share, success, latency, in flight, throttle
+    answers (and `held Ns` while a throttle answer holds the provider), last error."""
 
     COLUMNS = (
         ("provider", "Provider"),
@@ -32,6 +33,7 @@ class ProviderTable(DataTable[Any]):
         ("p50", "p50"),
         ("p95", "p95"),
         ("inflight", "Fly"),
+        ("throttled", "Throttled"),
         ("error", "Last error"),
     )
 
@@ -49,7 +51,8 @@ class ProviderTable(DataTable[Any]):
         key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
         return None if key.value is None else str(key.value)
 
-    def update_providers(self, providers: Iterable[Json]) -> None:
+    def update_providers(self, providers: Iterable[Json], now: float | None = None) -> None:
+        """Show these providers; `now` is the daemon's time the holds are judged at."""
         for p in providers:
             name = str(p["name"])
             state = str(p.get("state", "?"))
@@ -64,6 +67,7 @@ class ProviderTable(DataTable[Any]):
                 "p50": fmt_ms(p.get("p50_ms")),
                 "p95": fmt_ms(p.get("p95_ms")),
                 "inflight": str(p.get("in_flight", 0)),
+                "throttled": _throttled(p, now),
                 "error": Text(str(p.get("last_error") or ""), "dim red"),
             }
             if name in self.rows:
@@ -71,3 +75,8 @@ class ProviderTable(DataTable[Any]):
                     self.update_cell(name, column, value, update_width=True)
             else:
                 self.add_row(*cells.values(), key=name)
+
+
+def _throttled(p: Json, now: float | None) -> Text:
+    text = fmt_throttled(p.get("throttled", 0), p.get("held_until"), now)
+    return Text(text, "yellow" if " held " in text else "")

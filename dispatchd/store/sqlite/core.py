@@ -24,7 +24,6 @@ import aiosqlite
 
 from dispatchd.domain.errors import StoreError, StoreUnavailable
 from dispatchd.domain.models import (
-    FINAL_STATUSES,
     Attempt,
     DeliveryReport,
     ErrorCode,
@@ -39,6 +38,7 @@ from dispatchd.store.api import (
     ReportResult,
     SavedResponse,
     Store,
+    ignored_report,
 )
 from dispatchd.store.sqlite.console import (
     COUNT_WAITING_RETRY,
@@ -470,10 +470,10 @@ class SqliteStore:
             row = conn.execute(SELECT_STATUS, (msg_id,)).fetchone()
             if row is None:
                 return ReportResult(found=False, applied=False)
-            current, number = Status(row[0]), row[1]
+            current, number, sent_by = Status(row[0]), row[1], row[2]
             source = report.source(provider)
-            if current in FINAL_STATUSES:
-                detail = f"report '{report.status}'{source} ignored: the message is already final"
+            detail = ignored_report(report, source, current, sent_by, provider)
+            if detail is not None:
                 conn.execute(INSERT_HISTORY, (msg_id, current.value, now, detail))
                 return ReportResult(found=True, applied=False, previous=current, number=number)
             code, err = _report_error(report.status)

@@ -112,7 +112,7 @@ UPDATE messages SET status = ?, error_code = ?, error_detail = ?, lease_until = 
     lease_token = NULL, next_attempt_at = NULL, updated_at = ?
 WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
-SELECT_STATUS = "SELECT status, to_number FROM messages WHERE id = ?"
+SELECT_STATUS = "SELECT status, to_number, provider FROM messages WHERE id = ?"
 APPLY_REPORT = """
 UPDATE messages SET status = ?, provider_message_id = coalesce(provider_message_id, ?),
     error_code = ?, error_detail = ?, lease_until = NULL, lease_token = NULL,
@@ -139,9 +139,16 @@ SELECT_CALLBACKS = """
 SELECT status, url, state, attempts, last_http_status, last_error, created_at, finished_at
 FROM webhooks INDEXED BY webhooks_message WHERE message_id = ? ORDER BY id
 """
-SELECT_BY_PROVIDER_ID = "SELECT id FROM messages WHERE provider_message_id = ? LIMIT 1"
+# A provider may use an id again (SMSCs wrap their counters): it then means the message
+# still waiting for its report, else its latest one.
+_UNFINISHED_NEWEST = (
+    "ORDER BY status IN ('delivered', 'failed', 'invalid', 'expired'), id DESC LIMIT 1"
+)
+SELECT_BY_PROVIDER_ID = (
+    f"SELECT id FROM messages WHERE provider_message_id = ? {_UNFINISHED_NEWEST}"
+)
 SELECT_BY_PROVIDERS_ID = (
-    "SELECT id FROM messages WHERE provider_message_id = ? AND provider = ? LIMIT 1"
+    f"SELECT id FROM messages WHERE provider_message_id = ? AND provider = ? {_UNFINISHED_NEWEST}"
 )
 SELECT_SUPPRESSIONS = "SELECT number FROM suppressions"
 # Newest first by id (UUIDv7 sorts by creation time); the cursor is the last id returned.
