@@ -5,18 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test unit lint imports typecheck pytest clean
+.PHONY: run test unit lint imports typecheck pytest pytest-core pytest-integration checks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# --no-compile: bytecode is written as modules are first imported, for those that are;
+# compiling every installed file up front doubled the install's time.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-compile -e .
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,oracles]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,oracles]'
 	touch $@ $(STAMP)
 
 run: $(STAMP)
@@ -44,7 +46,19 @@ unit: $(TEST_STAMP)
 	$(BIN)/pytest -m "not slow" -p no:schemathesis -p no:hypothesispytest \
 		tests/unit tests/contract tests/providers
 
-test: lint imports typecheck pytest
+# The suite in two halves: what needs no daemon (and the console), and the daemon tests.
+pytest-core: $(TEST_STAMP)
+	$(BIN)/pytest tests/unit tests/contract tests/providers tests/console
+
+pytest-integration: $(TEST_STAMP)
+	$(BIN)/pytest tests/integration
+
+# Everything: lint and layering first (seconds), then mypy and both halves of the suite side
+# by side, so the daemon tests' waits on sockets and subprocesses use the second core.
+test: lint imports
+	$(MAKE) --no-print-directory -j3 --output-sync=target checks
+
+checks: typecheck pytest-core pytest-integration
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

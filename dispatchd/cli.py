@@ -190,10 +190,13 @@ async def _run_simulator(
 def _check(cfg: config_mod.Config, path: Path) -> int:
     """`config check`: what `serve` would refuse, without starting anything."""
     from dispatchd.http import auth
+    from dispatchd.providers import registry
 
     try:
         keys = auth.load_keys(cfg.api)
         auth.check_exposure(keys, cfg.server.host)
+        for provider in cfg.providers:
+            registry.check(provider)
     except ConfigError as exc:
         print(f"dispatchd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

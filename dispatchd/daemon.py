@@ -268,9 +268,7 @@ async def _assemble(
     d = cfg.delivery
     secret = await store.ensure_secret(secrets.token_hex(32))
     provider_session = await stack.enter_async_context(
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=d.concurrency, limit_per_host=0),
-        )
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=d.concurrency, limit_per_host=0))
     )
     # Callbacks get a session of their own, so client endpoints never slow delivery; its
     # resolver refuses private addresses unless webhooks.allow_private_addresses.
@@ -323,25 +321,19 @@ async def _assemble(
         events=events,
     )
     idempotency = Idempotency(store, ttl=cfg.api.idempotency_ttl, clock=clock)
-    simulator = simulator or SimulatorState(cfg.simulator)
-    app = make_app(
-        WebDeps(
-            service,
-            d.default_region,
-            lambda: not_ready_reason(store, worker),
-            watchers=watchers,
-            idempotency=idempotency,
-            keys=keys,
-            metrics=metrics,
-            metrics_auth=cfg.api.metrics_auth,
-            public_url=cfg.server.public_url.rstrip("/"),
-        )
+    deps = WebDeps(
+        service,
+        d.default_region,
+        lambda: not_ready_reason(store, worker),
+        watchers=watchers,
+        idempotency=idempotency,
+        keys=keys,
+        metrics=metrics,
+        metrics_auth=cfg.api.metrics_auth,
+        public_url=cfg.server.public_url.rstrip("/"),
     )
-    smsc = None
-    if cfg.simulator.enabled:
-        app.add_subapp("/simulator/", dialects.simulator_app(simulator, cfg.providers))
-        if cfg.simulator.smpp_port is not None:
-            smsc = dialects.smsc(simulator, cfg.providers, cfg.simulator.smpp_port)
+    simulator = simulator or SimulatorState(cfg.simulator)
+    app, smsc = _api(cfg, deps, simulator)
     return Daemon(
         config=cfg,
         clock=clock,
@@ -363,6 +355,19 @@ async def _assemble(
         supervisor=Supervisor(),
         resources=stack,
     )
+
+
+def _api(
+    cfg: Config, deps: WebDeps, simulator: SimulatorState
+) -> tuple[web.Application, Smsc | None]:
+    """The HTTP API, with the simulator's dialects mounted when it is on, and its SMSC."""
+    app = make_app(deps)
+    smsc = None
+    if cfg.simulator.enabled:
+        app.add_subapp("/simulator/", dialects.simulator_app(simulator, cfg.providers))
+        if cfg.simulator.smpp_port is not None:
+            smsc = dialects.smsc(simulator, cfg.providers, cfg.simulator.smpp_port)
+    return app, smsc
 
 
 def report_kinds(cfg: Config, clock: Callable[[], float]) -> dict[str, HttpKind]:

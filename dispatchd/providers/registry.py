@@ -3,6 +3,7 @@ its reports; the only module that knows every kind."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -19,6 +20,7 @@ from dispatchd.config import (
     TwilioProviderConfig,
     VonageProviderConfig,
 )
+from dispatchd.domain.errors import ConfigError
 from dispatchd.providers.base import Connector, HttpKind, Report
 from dispatchd.providers.dispatchd import DispatchdKind, DispatchdSettings
 from dispatchd.providers.http import HttpConnector
@@ -32,6 +34,33 @@ from dispatchd.providers.vonage import Vonage, VonageSettings
 
 
 def http_kind(config: ProviderConfig, clock: Callable[[], float]) -> HttpKind | None:
+    """The pure half of an HTTP provider; None for a session kind (SMPP).
+
+    ConfigError names the provider when a kind refuses its settings (a key that is not a
+    valid PEM or base64 key, say), so `config check` and `serve` exit 78 on it.
+    """
+    try:
+        return _http_kind(config, clock)
+    except ValueError as exc:
+        raise ConfigError(f"providers: {config.name}: {exc}") from exc
+
+
+def check(config: ProviderConfig) -> None:
+    """Build the provider's settings as the daemon will, without connecting anything."""
+    if isinstance(config, SmppProviderConfig):
+        _smpp(config)
+    else:
+        http_kind(config, time.time)
+
+
+def _smpp(config: SmppProviderConfig) -> SmppSettings:
+    try:
+        return smpp_settings(config)
+    except ValueError as exc:
+        raise ConfigError(f"providers: {config.name}: {exc}") from exc
+
+
+def _http_kind(config: ProviderConfig, clock: Callable[[], float]) -> HttpKind | None:
     """The pure half of an HTTP provider; None for a session kind (SMPP)."""
     if isinstance(config, DispatchdProviderConfig):
         return DispatchdKind(DispatchdSettings(url=config.url))
@@ -131,9 +160,7 @@ def connector(
         async def receipt(report: Report) -> None:
             await on_report(config.name, report)
 
-        return SmppConnector(
-            smpp_settings(config), on_report=receipt, clock=clock, name=config.name
-        )
+        return SmppConnector(_smpp(config), on_report=receipt, clock=clock, name=config.name)
     kind = http_kind(config, clock)
     assert kind is not None  # every other kind speaks HTTP
     return HttpConnector(kind, session, timeout=config.timeout, clock=clock)
