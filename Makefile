@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test unit lint imports typecheck pytest pytest-core pytest-integration checks clean
+.PHONY: run test unit lint imports typecheck pytest pytest-core pytest-integration-a \
+	pytest-integration-b checks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,19 +47,28 @@ unit: $(TEST_STAMP)
 	$(BIN)/pytest -m "not slow" -p no:schemathesis -p no:hypothesispytest \
 		tests/unit tests/contract tests/providers
 
-# The suite in two halves: what needs no daemon (and the console), and the daemon tests.
+# The suite in three parts of similar length: what needs no daemon (and the console), and
+# the daemon tests in two groups. Together they are `pytest`.
+INTEGRATION_A := $(addprefix tests/integration/test_,lifecycle.py hostile.py \
+	providers_e2e.py crash.py batch.py delivery.py api.py providers_part2.py metrics.py \
+	auth.py client.py idempotency.py ordering.py)
+INTEGRATION_B := $(filter-out $(INTEGRATION_A),$(wildcard tests/integration/test_*.py))
+
 pytest-core: $(TEST_STAMP)
 	$(BIN)/pytest tests/unit tests/contract tests/providers tests/console
 
-pytest-integration: $(TEST_STAMP)
-	$(BIN)/pytest tests/integration
+pytest-integration-a: $(TEST_STAMP)
+	$(BIN)/pytest $(INTEGRATION_A)
 
-# Everything: lint and layering first (seconds), then mypy and both halves of the suite side
-# by side, so the daemon tests' waits on sockets and subprocesses use the second core.
+pytest-integration-b: $(TEST_STAMP)
+	$(BIN)/pytest $(INTEGRATION_B)
+
+# Everything: lint and layering first (seconds), then mypy and the suite's parts side by
+# side: the daemon tests spend much of their time waiting on sockets and subprocesses.
 test: lint imports
 	$(MAKE) --no-print-directory -j3 --output-sync=target checks
 
-checks: typecheck pytest-core pytest-integration
+checks: typecheck pytest-core pytest-integration-a pytest-integration-b
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
