@@ -121,6 +121,7 @@ class Daemon:
         spawn("webhooks", self.webhooks.run())
         spawn("idempotency-purge", self.idempotency.purge_loop())
         spawn("store-watch", watch_store(self.store))
+        spawn("expiry", self.worker.expire_loop())
         logger.info(
             "event=started host=%s port=%d db=%s control=%s providers=%s simulator=%s",
             cfg.server.host,

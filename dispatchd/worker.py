@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 # Claims are batched to amortise the transaction; bigger batches only add latency.
 MAX_CLAIM = 256
+# Queued messages past their validity are ended this often (seconds), in batches of this
+# many: on time even while no provider can be tried, so nothing claims them.
+EXPIRY_SWEEP = 1.0
+EXPIRY_BATCH = 500
 # Events that may make work claimable now: new messages, or more provider capacity.
 WAKE_EVENTS = frozenset(
     {
@@ -133,6 +137,33 @@ class Worker:
         finally:
             self.running = False
             self._run_ended.set()
+
+    async def expire_loop(self, interval: float = EXPIRY_SWEEP) -> None:
+        """End queued messages whose validity ran out, every `interval` seconds, until
+        cancelled: with every circuit open or every provider paused nothing is claimed, and
+        an OTP must not wait for a cooldown to be reported expired."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.expire_due()
+
+    async def expire_due(self) -> int:
+        """End every queued message past its validity now; how many were ended."""
+        total = 0
+        while True:
+            try:
+                expired = await self._store.expire_due(self._clock(), EXPIRY_BATCH)
+            except StoreError as exc:
+                logger.warning("event=expiry_failed error=%r", exc.message)
+                return total
+            for msg_id, number in expired:
+                logger.info("event=expired id=%s", msg_id)
+                self._events.publish(
+                    "expired", {"id": msg_id, "number": number, "code": ErrorCode.EXPIRED.value}
+                )
+            total += len(expired)
+            if len(expired) < EXPIRY_BATCH:
+                return total
+            await asyncio.sleep(0)  # let accepts in between batches
 
     async def _claim(self, free: int) -> list[Claimed]:
         capacity = self._health.capacity()

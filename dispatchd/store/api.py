@@ -196,6 +196,11 @@ class Store(Protocol):
         """Give claimed messages back to the queue, due at `at`, without recording an attempt."""
         ...
 
+    async def expire_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """End `expired` up to `limit` queued messages whose validity ran out by `now`,
+        soonest first, whatever the providers' state; their (id, number)."""
+        ...
+
     async def defer(self, claim: Claimed, at: float, detail: str) -> bool:
         """Give a claimed message back, due at `at`, as if it had not been claimed: the claim
         does not count as an attempt (a provider's rate limit or throttle held it)."""

@@ -38,6 +38,7 @@ from dispatchd.store.api import (
 )
 
 _UNFINISHED = frozenset({Status.QUEUED, Status.SENDING})
+_EXPIRED_DETAIL = "No provider accepted the message before it expired."
 _SUPPRESSED_DETAIL = "The number was reported invalid; the message was not sent."
 # SQLite's Julian day number of the Unix epoch, in milliseconds.
 _EPOCH_JD_MS = 210866760000000.0
@@ -422,6 +423,32 @@ class MemoryStore:
         )
         self._history(row, Status.QUEUED, at, detail)
         return True
+
+    async def expire_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """End queued messages whose validity ran out by `now` (up to `limit`)."""
+        self._writing()
+        due = sorted(
+            (row.msg.expires_at, row.msg.id)
+            for row in self._rows.values()
+            if row.msg.status is Status.QUEUED and row.msg.expires_at <= now
+        )[:limit]
+        out = []
+        for _, msg_id in due:
+            row = self._rows[msg_id]
+            self._set(
+                row,
+                replace(
+                    row.msg,
+                    status=Status.EXPIRED,
+                    error_code=ErrorCode.EXPIRED.value,
+                    error_detail=_EXPIRED_DETAIL,
+                    next_attempt_at=None,
+                    updated_at=now,
+                ),
+            )
+            self._history(row, Status.EXPIRED, now, _EXPIRED_DETAIL)
+            out.append((msg_id, row.msg.to_number))
+        return out
 
     async def finish(
         self,

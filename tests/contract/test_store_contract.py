@@ -371,6 +371,31 @@ class TestStoreContract:
         assert await store.release(claims, NOW, "again") == 0
         assert await store.release([], NOW, "nothing") == 0
 
+    async def test_expire_due_ends_queued_messages_past_their_validity_soonest_first(
+        self, store: Store, ids: IdGenerator, clock: Clock
+    ) -> None:
+        # A claimed message past its validity is its worker's to end, not the sweep's.
+        sending = await self.add(store, ids, expires_at=NOW + 1)
+        claim = await self.claim_one(store)
+        assert claim.id == sending.id
+        soon = await self.add(store, ids, expires_at=NOW + 10, status_callback_url=HOOK)
+        sooner = await self.add(store, ids, OTHER_NUMBER, expires_at=NOW + 5)
+        later = await self.add(store, ids)  # expires an hour after NOW
+        assert await store.expire_due(NOW + 4, 10) == []
+        clock.move_to(NOW + 11)
+        assert await store.expire_due(NOW + 11, 1) == [(sooner.id, OTHER_NUMBER)]
+        assert await store.expire_due(NOW + 11, 10) == [(soon.id, NUMBER)]
+        for m in (sooner, soon):
+            got = await store.get(m.id)
+            assert got is not None
+            assert (got.status, got.error_code) == (Status.EXPIRED, "expired")
+            assert got.history[-1].status is Status.EXPIRED
+        got = await store.get(soon.id)
+        assert got is not None and [c.status for c in got.callbacks][-1] is Status.EXPIRED
+        assert await store.message_status(later.id) is Status.QUEUED
+        assert await store.message_status(sending.id) is Status.SENDING
+        assert await store.expire_due(NOW + 11, 10) == []
+
     async def test_defer_gives_the_claim_back_as_if_it_had_not_been_claimed(
         self, store: Store, ids: IdGenerator, clock: Clock
     ) -> None:

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,7 +131,7 @@ async def test_garbage_file_is_refused_with_a_clear_error(tmp_path: Path) -> Non
 
 
 # The hot statements must use an index: their cost is O(log n) in stored messages.
-HOT_QUERIES = {
+HOT_QUERIES: dict[str, tuple[str, Any, str]] = {
     "claim due": (
         sql.CLAIM_DUE,
         {"now": NOW, "limit": 10, "lease_until": NOW},
@@ -140,6 +141,16 @@ HOT_QUERIES = {
         sql.CLAIM_LEASE_EXPIRED,
         {"now": NOW, "limit": 10, "lease_until": NOW},
         "messages_leased",
+    ),
+    "expire due": (
+        sql.EXPIRE_DUE,
+        {"now": NOW, "limit": 10, "detail": "expired"},
+        "messages_expiry",
+    ),
+    "provider id, newest unfinished": (
+        sql.SELECT_BY_PROVIDERS_ID,
+        ("pid", "smsc"),
+        "messages_provider_message_id",
     ),
     "mark sent": (sql.MARK_SENT, ("p", "x", NOW, "id", "t"), "PRIMARY KEY"),
     "mark sent late": (sql.MARK_SENT_LATE, ("p", "x", "id"), "PRIMARY KEY"),

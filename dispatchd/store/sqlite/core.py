@@ -54,6 +54,8 @@ from dispatchd.store.sqlite.messages import (
     CLAIM_LEASE_EXPIRED,
     COUNT_BY_STATUS,
     DEFER_ONE,
+    EXPIRE_DUE,
+    EXPIRED_DETAIL,
     FINISH,
     GET_META,
     INSERT_HISTORY,
@@ -437,6 +439,19 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> bool:
             params = (at, at, claim.id, claim.token)
             return _transition(conn, claim.id, DEFER_ONE, params, Status.QUEUED, at, detail)
+
+        return await self._write(op)
+
+    async def expire_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """End queued messages whose validity ran out by `now` (up to `limit`)."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            params = {"detail": EXPIRED_DETAIL, "now": now, "limit": limit}
+            rows = [(str(r[0]), str(r[1])) for r in conn.execute(EXPIRE_DUE, params).fetchall()]
+            conn.executemany(
+                INSERT_HISTORY, [(i, Status.EXPIRED.value, now, EXPIRED_DETAIL) for i, _ in rows]
+            )
+            return rows
 
         return await self._write(op)
 

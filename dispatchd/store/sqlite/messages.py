@@ -80,6 +80,18 @@ WHERE status = 'sending'
 RETURNING id
 """
 # Every transition of a claimed message is fenced: it applies only for the lease's holder.
+# Queued messages past their validity, whatever the providers' state; through the partial
+# index, so the sweep costs what it expires, not the queue's length.
+EXPIRE_DUE = """
+UPDATE messages SET status = 'expired', error_code = 'expired', error_detail = :detail,
+    next_attempt_at = NULL, updated_at = :now
+WHERE id IN (
+    SELECT id FROM messages INDEXED BY messages_expiry
+    WHERE status = 'queued' AND expires_at <= :now
+    ORDER BY expires_at LIMIT :limit)
+RETURNING id, to_number
+"""
+EXPIRED_DETAIL = "No provider accepted the message before it expired."
 # As if never claimed: the claim's attempt is given back.
 DEFER_ONE = """
 UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS messages (
 -- Partial indexes keep the outbox claim O(log n) however many final messages pile up.
 CREATE INDEX IF NOT EXISTS messages_due ON messages(next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS messages_leased ON messages(lease_until) WHERE status = 'sending';
+CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS messages_to_number ON messages(to_number, id);
 CREATE INDEX IF NOT EXISTS messages_status ON messages(status, id);
 CREATE INDEX IF NOT EXISTS messages_provider_message_id ON messages(provider_message_id)
