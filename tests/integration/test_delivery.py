@@ -289,7 +289,7 @@ async def test_report_arriving_before_the_providers_answer(
     ("behaviour", "http_status", "error_part"),
     [
         ("500", 500, "Something went wrong"),
-        ("hang", None, "no answer within 0.2s"),
+        ("hang", None, "no answer within 0.5s"),
         ("drop", None, "connection failed"),
     ],
 )
@@ -308,7 +308,7 @@ async def test_failover_to_the_other_provider(
     bad, good = (p1, p2) if failing == "provider1" else (p2, p1)
     bad.answers(behaviour, then=behaviour)
     # The failing provider carries all the weight, so it is always tried first.
-    providers = [p.config(1 if p is bad else 0, timeout=0.2) for p in (p1, p2)]
+    providers = [p.config(1 if p is bad else 0, timeout=0.5) for p in (p1, p2)]
     d = await start_daemon(config_for(tmp_path, providers, max_attempts=1))
     msg_id = await post_message(http, d)
 
