@@ -40,6 +40,9 @@ from dispatchd.providers.infobip import (
     validity_seconds,
 )
 
+# Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 API_KEY = "003026bbc133714df1834b8638bb496e-8f4b3d9a-e931-478d-a994-28a725159ab9"
 BASE = "https://xxxxx.api.infobip.com"
 REPORT_URL = "https://dispatchd.example.com/providers/ib/reports?message=01JABC&token=t0k3n"

@@ -31,6 +31,9 @@ from dispatchd.providers.base import (
 )
 from dispatchd.providers.infobip import Infobip, InfobipSettings
 
+# Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 KEY = "003026bbc133714df1834b8638bb496e-8f4b3d9a-e931-478d-a994-28a725159ab9"
 OTHER_KEY = "another-accounts-key"
 NUMBER = "+41793026727"

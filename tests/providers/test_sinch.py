@@ -44,6 +44,9 @@ from dispatchd.providers.sinch import (
     report_status,
 )
 
+# Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 PLAN = "jd63jf88477ll123ab4567cd89012ef3"  # the API reference's example service_plan_id
 TOKEN = "f" * 32
 SENDER = "+12015555555"

@@ -40,6 +40,9 @@ from dispatchd.providers.base import (
 )
 from dispatchd.providers.sinch import Sinch, SinchSettings
 
+# Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 PLAN = "a" * 32
 TOKEN = "secret-token"
 OTHER_PLAN = "b" * 32

@@ -48,6 +48,9 @@ from dispatchd.providers.telnyx import (
     signed_bytes,
 )
 
+# Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 API_KEY = "KEY0123456789ABCDEF_test"
 # A fixed test key pair (PyNaCl, the SDK's own Ed25519 library, signs in these tests).
 SIGNER = SigningKey(bytes(range(32)))
