@@ -371,6 +371,23 @@ class TestStoreContract:
         assert await store.release(claims, NOW, "again") == 0
         assert await store.release([], NOW, "nothing") == 0
 
+    async def test_a_report_from_another_provider_is_recorded_not_applied(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        msg = await self.add(store, ids)
+        claim = await self.claim_one(store)
+        assert await store.mark_sent(claim, "twilio", "SM1", [_attempt()], NOW) is True
+        late = DeliveryReport(Status.FAILED, "p-9", "undelivered")
+        result = await store.apply_report(msg.id, late, "smsc", NOW + 1)
+        assert (result.found, result.applied) == (True, False)
+        got = await store.get(msg.id)
+        assert got is not None and got.status is Status.SENT
+        assert "sent through twilio" in (got.history[-1].detail or "")
+        # The provider that took it, or a report that names none, still applies.
+        ok = DeliveryReport(Status.DELIVERED, "SM1", "delivered")
+        assert (await store.apply_report(msg.id, ok, "twilio", NOW + 2)).applied is True
+        assert await store.message_status(msg.id) is Status.DELIVERED
+
     async def test_expire_due_ends_queued_messages_past_their_validity_soonest_first(
         self, store: Store, ids: IdGenerator, clock: Clock
     ) -> None:
