@@ -501,7 +501,12 @@ def test_the_validation_error_behind_a_config_error_hides_secrets(
 
 def test_examples_providers_toml_loads() -> None:
     cfg = load(REPO_ROOT / "examples" / "providers.toml", must_exist=True)
-    twilio, smpp = cfg.providers
+    twilio, smpp, *backups = cfg.providers
+    assert [p.kind for p in backups] == ["vonage", "telnyx", "sinch", "infobip", "plivo"]
+    # The part-2 kinds are failover-only backups against the simulator's own dialects.
+    for backup in backups:
+        assert backup.weight == 0
+        assert getattr(backup, "url", "") == f"{cfg.server.public_url}/simulator/{backup.kind}"
     assert isinstance(twilio, TwilioProviderConfig)
     assert isinstance(smpp, SmppProviderConfig)
     assert twilio.auth_token.get_secret_value()
