@@ -73,6 +73,10 @@ class ServerConfig(_Section):
 class StorageConfig(_Section):
     path: Path = Path("var/dispatchd.db")
     """SQLite database file; its parent directory is created if missing."""
+    retention: float = Field(2_592_000, ge=0)
+    """Seconds a final message (with its attempts, history and status callbacks) is kept
+    after it ended; 0 keeps everything. Suppressions are kept; idempotency keys have their
+    own TTL (`[api] idempotency_ttl`)."""
 
 
 class DeliveryConfig(_Section):
@@ -92,6 +96,9 @@ class DeliveryConfig(_Section):
     """ISO 3166 region assumed for numbers written without a country code."""
     lease: float = Field(60.0, gt=0)
     """Seconds a claimed message stays reserved for this process before others may retry it."""
+    report_timeout: float = Field(259_200, ge=0)
+    """Seconds a `sent` message waits for its delivery report before it ends `unknown` (the
+    provider took it; nobody knows whether it arrived); 0 waits forever."""
     ordering: Literal["unordered", "per_recipient"] = "unordered"
     """`per_recipient`: messages to one number go to providers in acceptance order, each
     waiting until the previous one is sent or final; `unordered` is faster."""

@@ -45,6 +45,7 @@ from dispatchd.http.watch import Watchers
 from dispatchd.metrics import Metrics
 from dispatchd.providers import registry
 from dispatchd.providers.base import Connector, HttpKind
+from dispatchd.retention import Retention
 from dispatchd.service import Service
 from dispatchd.store.api import QueueStats, Store
 from dispatchd.store.sqlite import SqliteStore
@@ -75,6 +76,7 @@ class Daemon:
     watchers: Watchers
     metrics: Metrics
     idempotency: Idempotency
+    retention: Retention
     control: ControlServer
     runner: web.AppRunner
     simulator: SimulatorState
@@ -121,7 +123,9 @@ class Daemon:
         spawn("webhooks", self.webhooks.run())
         spawn("idempotency-purge", self.idempotency.purge_loop())
         spawn("store-watch", watch_store(self.store))
-        spawn("expiry", self.worker.expire_loop())
+        spawn("sweeper", self.worker.sweep_loop())
+        if cfg.storage.retention > 0:
+            spawn("retention", self.retention.run())
         logger.info(
             "event=started host=%s port=%d db=%s control=%s providers=%s simulator=%s",
             cfg.server.host,
@@ -305,6 +309,7 @@ async def _assemble(
             concurrency=d.concurrency,
             lease=d.lease,
             policy=RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max),
+            report_timeout=d.report_timeout,
         ),
         report_url=service.report_url,
         is_suppressed=service.is_suppressed,
@@ -348,7 +353,8 @@ async def _assemble(
         watchers=watchers,
         metrics=metrics,
         idempotency=idempotency,
-        control=_control(cfg, service, health, events, clock),
+        retention=Retention(store, cfg.storage.retention, metrics=metrics, clock=clock),
+        control=_control(cfg, service, health, events, clock, store),
         runner=make_runner(app),
         simulator=simulator,
         smsc=smsc,
@@ -398,6 +404,7 @@ def _control(
     health: HealthRegistry,
     events: EventBus,
     clock: Callable[[], float],
+    store: Store,
 ) -> ControlServer:
     deps = ControlDeps(
         service=service,
@@ -407,6 +414,8 @@ def _control(
         clock=clock,
         started_at=clock(),
         instance=secrets.token_hex(6),
+        # Backups are a capability of a file, not of the Store contract: in memory, none.
+        backup=store.backup if isinstance(store, SqliteStore) else None,
     )
     return ControlServer(make_control_app(deps), cfg.control_socket)
 

@@ -34,6 +34,7 @@ _RATE_OF = {
     "failed": "failed",
     "expired": "failed",
     "invalid": "failed",
+    "unknown": "failed",
 }
 
 DEFAULT_QUEUE_SIZE = 1000

@@ -13,6 +13,8 @@ query cached for `cache_for` seconds so frequent scrapes cost the database littl
 - `dispatchd_breaker_state{provider}`: 0 closed, 1 half-open, 2 open.
 - `dispatchd_queue_depth`: queued messages (due now or waiting for a retry).
 - `dispatchd_oldest_queued_age_seconds`: age of the oldest queued message, 0 if none.
+- `dispatchd_retention_deleted_rows_total{table}`: rows retention deleted (`messages`,
+  `attempts`, `history`, `callbacks`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,13 @@ class Metrics:
         self.oldest_age = Gauge(
             "dispatchd_oldest_queued_age_seconds",
             "Age of the oldest queued message in seconds; 0 when none is queued.",
+            registry=r,
+        )
+
+        self.retention_deleted = Counter(
+            "dispatchd_retention_deleted_rows",
+            "Rows deleted by retention, by table (messages, attempts, history, callbacks).",
+            ["table"],
             registry=r,
         )
 

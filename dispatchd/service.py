@@ -40,7 +40,8 @@ from dispatchd.store.api import QueueStats, ReportResult, SavedResponse, Store
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({Status.FAILED, Status.EXPIRED})
+# `unknown` too: the operator decides whether a second copy beats none.
+RETRYABLE_STATUSES = frozenset({Status.FAILED, Status.EXPIRED, Status.UNKNOWN})
 
 
 class Service:
@@ -307,7 +308,7 @@ class Service:
     # -- operator actions (control socket) -------------------------------------------------
 
     async def retry(self, msg_id: str) -> Message:
-        """Send a failed or expired message again, as a new message.
+        """Send a failed, expired or unknown message again, as a new message.
 
         The original keeps its final status (final statuses never change) and gains a
         history note naming the new message, which is accepted like any other.
@@ -317,7 +318,7 @@ class Service:
             raise UnknownMessage(f"No message has id {msg_id!r}.")
         if original.status not in RETRYABLE_STATUSES:
             raise NotRetryable(
-                f"Message {msg_id} is {original.status}; only failed or expired messages "
+                f"Message {msg_id} is {original.status}; only failed, expired or unknown messages "
                 "can be retried."
             )
         # A new message, sent at once, but keeping the original's validity and callback URL.

@@ -86,10 +86,19 @@ def unit_file(
 Description=dispatchd SMS dispatch proxy
 After=network-online.target
 Wants=network-online.target
+# A start (the config check included) takes over a second, so systemd's default limit of
+# 5 starts in 10 s is never reached with RestartSec=2: a bad config would be retried
+# forever. 5 starts in a minute, then the unit stays failed.
+StartLimitIntervalSec=60
+StartLimitBurst=5
 
 [Service]
 Type=notify
 NotifyAccess=main
+# A bad config fails here, its key named in the journal, before serve opens anything.
+# RestartPreventExitStatus covers only ExecStart, so a failed check is retried up to the
+# start limit above.
+ExecStartPre={exe} config check --config {config}
 ExecStart={exe} serve --config {config}
 ExecReload=/bin/kill -HUP $MAINPID
 # The database lives in /var/lib/dispatchd, the control socket in /run/dispatchd.

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from dispatchd.domain import retry, routing
@@ -35,10 +35,10 @@ logger = logging.getLogger(__name__)
 
 # Claims are batched to amortise the transaction; bigger batches only add latency.
 MAX_CLAIM = 256
-# Queued messages past their validity are ended this often (seconds), in batches of this
-# many: on time even while no provider can be tried, so nothing claims them.
-EXPIRY_SWEEP = 1.0
-EXPIRY_BATCH = 500
+# Messages out of time (past their validity, or their report overdue) are ended this often
+# (seconds), in batches of this many: on time even while no provider can be tried.
+SWEEP_INTERVAL = 1.0
+SWEEP_BATCH = 500
 # Events that may make work claimable now: new messages, or more provider capacity.
 WAKE_EVENTS = frozenset(
     {
@@ -57,6 +57,7 @@ class WorkerSettings:
     concurrency: int
     lease: float
     policy: retry.RetryPolicy
+    report_timeout: float = 0.0  # seconds a sent message waits for its report; 0: forever
 
 
 class Worker:
@@ -138,30 +139,49 @@ class Worker:
             self.running = False
             self._run_ended.set()
 
-    async def expire_loop(self, interval: float = EXPIRY_SWEEP) -> None:
-        """End queued messages whose validity ran out, every `interval` seconds, until
-        cancelled: with every circuit open or every provider paused nothing is claimed, and
-        an OTP must not wait for a cooldown to be reported expired."""
+    async def sweep_loop(self, interval: float = SWEEP_INTERVAL) -> None:
+        """Every `interval` seconds until cancelled, end what ran out of time whatever the
+        providers' state: queued messages past their validity (with every circuit open
+        nothing is claimed, and an OTP must not wait for a cooldown to be reported expired)
+        and sent messages whose report did not come within `report_timeout`."""
         while True:
             await asyncio.sleep(interval)
             await self.expire_due()
+            await self.time_out_reports()
 
     async def expire_due(self) -> int:
         """End every queued message past its validity now; how many were ended."""
+        return await self._sweep("expired", ErrorCode.EXPIRED, self._store.expire_due)
+
+    async def time_out_reports(self) -> int:
+        """End `unknown` every sent message whose report is overdue; how many were ended."""
+        timeout = self._settings.report_timeout
+        if timeout <= 0:
+            return 0
+
+        def sweep(now: float, limit: int) -> Awaitable[list[tuple[str, str]]]:
+            return self._store.time_out_reports(now - timeout, now, limit)
+
+        return await self._sweep("unknown", ErrorCode.REPORT_TIMEOUT, sweep)
+
+    async def _sweep(
+        self,
+        status: str,
+        code: ErrorCode,
+        end: Callable[[float, int], Awaitable[list[tuple[str, str]]]],
+    ) -> int:
         total = 0
         while True:
             try:
-                expired = await self._store.expire_due(self._clock(), EXPIRY_BATCH)
+                ended = await end(self._clock(), SWEEP_BATCH)
             except StoreError as exc:
-                logger.warning("event=expiry_failed error=%r", exc.message)
+                logger.warning("event=sweep_failed status=%s error=%r", status, exc.message)
                 return total
-            for msg_id, number in expired:
-                logger.info("event=expired id=%s", msg_id)
-                self._events.publish(
-                    "expired", {"id": msg_id, "number": number, "code": ErrorCode.EXPIRED.value}
-                )
-            total += len(expired)
-            if len(expired) < EXPIRY_BATCH:
+            for msg_id, number in ended:
+                logger.info("event=%s id=%s", status, msg_id)
+                self._events.publish(status, {"id": msg_id, "number": number, "code": code.value})
+            total += len(ended)
+            if len(ended) < SWEEP_BATCH:
                 return total
             await asyncio.sleep(0)  # let accepts in between batches
 

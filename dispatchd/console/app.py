@@ -22,11 +22,11 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
-from dispatchd.console.client import CommandFailed, Control, ControlClient, DaemonUnavailable
 from dispatchd.console.screens.confirm import ConfirmScreen
 from dispatchd.console.screens.help import HelpScreen
 from dispatchd.console.screens.main import ConnectionLost, MainScreen, StreamBatch
 from dispatchd.console.screens.message import MessageScreen, MessagesScreen
+from dispatchd.control.client import CommandFailed, Control, ControlClient, DaemonUnavailable
 from dispatchd.control.protocol import Json
 
 # Frames received but not yet applied; past this the console drops (and counts) them itself.

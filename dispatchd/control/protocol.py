@@ -34,7 +34,7 @@ far) and `held_until` (epoch s while a throttle answer holds the provider, else 
 Queue: `counts` (every status, zeros included), `oldest_queued_age_s`,
 `waiting_retry` (queued again after an attempt found no provider).
 `rates` are per-second counts, oldest first, up to five minutes; `failed` counts
-every final non-delivery (failed, expired, invalid).
+every final non-delivery (failed, expired, invalid, unknown).
 
 `GET /v1/events` -> WebSocket. Each text frame is one JSON Event
 `{"type": ..., "seq": n, "at": <epoch s>, "payload": {...}}`. The first frame is
@@ -49,6 +49,7 @@ precedes the next event sent. Message events carry `id` and `number`:
   `failover` (`provider` that failed, `to`, `error`), `retry_scheduled` (`attempt`,
   `in_s`), `delivered` / `failed` / `invalid` from reports (`provider`, `via`:
   `"report"`), `failed` / `expired` / `invalid` from the worker (`code`, `error`),
+  `unknown` when a sent message's report is overdue (`code`: `report_timeout`),
   `number_suppressed` (`also_invalidated`).
 - Provider health: `breaker_opened`, `breaker_half_open`, `breaker_closed` and
   `weight_shifted`, each with `provider`, `from`, `to` (breaker states, or weight
@@ -75,9 +76,19 @@ Commands
 - `POST /v1/messages/{id}/retry` -> `202 {"message": <new message>, "retry_of": id}`.
   Final statuses never change, so the retry is a new message with the same number
   and text; the original gains a history note naming it. `404 message_not_found`,
-  `409 not_retryable` (only failed or expired messages), `422 number_suppressed`.
+  `409 not_retryable` (only failed, expired or unknown messages), `422 number_suppressed`.
 - `DELETE /v1/suppressions/{number}` -> `200 {"number": <E.164>, "lifted": true}`;
   `404 not_suppressed`, `422 validation_failed`.
+- `POST /v1/backup` with `{"path": "/absolute/path"}` -> `200 {"path": <file written>,
+  "bytes": n, "seconds": s, "messages": n, "started_at": <epoch s>, "integrity": "ok"}`
+  once a consistent copy of the database is complete. A path that is a directory gets
+  `dispatchd-YYYYmmddTHHMMSSZ.db` in it; an existing file there is replaced only by a
+  complete copy that passed `PRAGMA integrity_check`. The copy holds everything committed
+  before `started_at`; accepts go on meanwhile. The daemon writes the file, so the path
+  must be writable by its user. `400 malformed_request` (not a JSON object), `422 bad_path`
+  (no path, or a relative one), `409 backup_running` (one at a time), `409
+  backup_unsupported` (an in-memory store), `503 backup_failed` (`detail` says why:
+  no such directory, not writable, disk full, failed check, the daemon stopping).
 
 Pauses and weights live in memory and are logged (`event=provider_paused` ...);
 a restart returns to the configuration's weights with every provider active.

@@ -12,10 +12,10 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
 
@@ -67,10 +67,28 @@ class ControlDeps:
     """Seconds between `queue` events while someone is subscribed."""
     subscriber_queue: int = 1000
     """Events a subscriber may fall behind by before its events are dropped."""
+    backup: Callable[[str], Awaitable[BackupCopy]] | None = None
+    """Copies the database to a path (`POST /v1/backup`); None when the store has no file."""
+
+
+class BackupCopy(Protocol):
+    """What a finished backup reports (`dispatchd.store.sqlite.backup.BackupResult`)."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class Backups:
+    """The one backup a daemon runs at a time: copying the database twice at once would
+    only make both slower."""
+
+    def __init__(self) -> None:
+        self.running: asyncio.Task[BackupCopy] | None = None
+        self.path = ""
 
 
 DEPS = web.AppKey("control_deps", ControlDeps)
 SOCKETS = web.AppKey("control_sockets", set[web.WebSocketResponse])
+BACKUPS = web.AppKey("control_backups", Backups)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -300,6 +318,95 @@ async def lift_suppression(request: web.Request) -> web.Response:
     return web.json_response({"number": number, "lifted": True})
 
 
+async def run_backup(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    path = _backup_path(await _json_object(request))
+    if deps.backup is None:
+        raise Problem(
+            409,
+            "backup_unsupported",
+            "Nothing to back up",
+            "This daemon keeps its messages in memory; there is no database file to copy.",
+        )
+    backups = request.app[BACKUPS]
+    if backups.running is not None:
+        raise Problem(
+            409,
+            "backup_running",
+            "A backup is running",
+            f"A backup to {backups.path} is still being written; try again when it is done.",
+        )
+    task = asyncio.create_task(_backup(deps.backup, path), name="control-backup")
+    backups.running, backups.path = task, path
+    task.add_done_callback(lambda _: _backup_done(backups))
+    try:
+        # Shielded: a client that goes away does not abandon a copy half written.
+        result = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+        raise Problem(
+            503,
+            "backup_failed",
+            "Backup failed",
+            "The daemon is stopping; the backup was abandoned and nothing was written.",
+        ) from None
+    except StoreError as exc:
+        raise Problem(503, "backup_failed", "Backup failed", exc.message) from exc
+    return web.json_response(result.as_dict())
+
+
+def _backup_path(body: dict[str, Any]) -> str:
+    path = body.get("path")
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise Problem(
+            422,
+            "bad_path",
+            "Bad path",
+            'The body must be {"path": "<absolute path of the backup file, or of a directory '
+            'for a timestamped one>"}.',
+        )
+    if not os.path.isabs(path):
+        # Relative to what? The daemon's working directory is not the caller's.
+        raise Problem(
+            422, "bad_path", "Bad path", f"{path!r} is a relative path; give an absolute one."
+        )
+    return path
+
+
+async def _backup(backup: Callable[[str], Awaitable[BackupCopy]], path: str) -> BackupCopy:
+    logger.info("event=backup_started path=%s", path)
+    try:
+        result = await backup(path)
+    except StoreError as exc:
+        logger.error("event=backup_failed path=%s error=%r", path, exc.message)
+        raise
+    done = result.as_dict()
+    logger.info(
+        "event=backup_done path=%s bytes=%d messages=%d seconds=%.3f",
+        done["path"],
+        done["bytes"],
+        done["messages"],
+        done["seconds"],
+    )
+    return result
+
+
+def _backup_done(backups: Backups) -> None:
+    task, backups.running = backups.running, None
+    if task is not None and not task.cancelled():
+        task.exception()  # retrieved here: the request that started it may be gone
+
+
+async def _abandon_backup(app: web.Application) -> None:
+    """On shutdown: stop a running backup rather than hold the daemon's exit for it."""
+    task = app[BACKUPS].running
+    if task is not None:
+        logger.warning("event=backup_abandoned path=%s reason=shutdown", app[BACKUPS].path)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 # -- background: coalesced stats ----------------------------------------------------------
 
 
@@ -351,8 +458,10 @@ def make_control_app(deps: ControlDeps) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[DEPS] = deps
     app[SOCKETS] = set()
+    app[BACKUPS] = Backups()
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(_abandon_backup)
     r = app.router
     r.add_get("/v1/snapshot", get_snapshot)
     r.add_get("/v1/events", get_events)
@@ -363,6 +472,7 @@ def make_control_app(deps: ControlDeps) -> web.Application:
     r.add_post("/v1/providers/{name}/resume", resume_provider)
     r.add_put("/v1/providers/{name}/weight", set_weight)
     r.add_delete("/v1/suppressions/{number}", lift_suppression)
+    r.add_post("/v1/backup", run_backup)
     return app
 
 

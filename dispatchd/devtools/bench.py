@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd.client import ApiError, Client, SendItem
+from dispatchd.control.client import ControlClient
 from dispatchd.health import percentile as nearest_rank
 from dispatchd.store import sqlite as store_mod
 
@@ -82,19 +84,24 @@ async def drive(
     label: str,
     out: TextIO,
     accepted: asyncio.Queue[str] | None = None,
+    stop: asyncio.Event | None = None,
+    spans: list[tuple[float, float]] | None = None,
 ) -> LoadResult:
     """Closed-loop load: `concurrency` clients POSTing PAYLOAD back to back.
 
     With `accepted`, the id of each 202 is offered to it (dropped when it is full), for
-    watchers; otherwise answers are not parsed, so the load generator stays cheap.
+    watchers; otherwise answers are not parsed, so the load generator stays cheap. With
+    `stop`, the load also ends when it is set; with `spans`, each good answer's start and
+    end (`time.perf_counter`) is appended to it.
     """
     result = LoadResult()
     budget = [requests if requests is not None else -1]
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     deadline = (time.perf_counter() + duration) if duration is not None else math.inf
+    stopped = stop or asyncio.Event()
 
     async def client(session: aiohttp.ClientSession) -> None:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and not stopped.is_set():
             if budget[0] == 0:
                 return
             budget[0] -= 1
@@ -109,8 +116,11 @@ async def drive(
                 good = False
             result.requests += 1
             if good:
+                t1 = time.perf_counter()
                 result.ok += 1
-                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                result.latencies_ms.append((t1 - t0) * 1000)
+                if spans is not None:
+                    spans.append((t0, t1))
             else:
                 result.errors += 1
 
@@ -222,6 +232,8 @@ port = {port}
 public_url = "http://127.0.0.1:{port}"
 [storage]
 path = "{workdir / "bench.db"}"
+[control]
+socket = "{workdir / "bench.sock"}"
 [delivery]
 concurrency = {concurrency}
 [[providers]]
@@ -322,6 +334,8 @@ class BenchOptions:
     # Live-status watchers during a second end-to-end phase (0: no such phase).
     watchers: int = 0
     watch_with: Literal["events", "poll", "idle"] = "events"
+    # Accept load while the daemon backs its database up (after the backlog phase).
+    backup: bool = False
 
 
 async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> LoadResult:
@@ -397,6 +411,8 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
                 report["daemon_peak_rss_mb"] = round(d.peak_rss_mb(), 1)
             if opts.backlog:
                 report["backlog"] = await _phase_backlog(workdir, sim_port, opts, out)
+            if opts.backup:
+                report["backup"] = await _phase_backup(workdir, sim_port, opts, out)
         finally:
             sim.stop()
     return report
@@ -610,6 +626,140 @@ async def _phase_backlog(
         }
 
 
+# Seconds of load before the operation starts and after it ends, each; and the first part
+# of it, while connections open, which is left out of the figures.
+AROUND_DEFAULT = 2.0
+WARMUP = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Accepts before, during and after an operation, under the same load throughout.
+
+    `before` is the baseline. `after` shows what the operation leaves behind: after a
+    backup, say, the checkpoint that catches up on the WAL the copy's snapshot held back.
+    """
+
+    result: dict[str, Any]  # what the operation returned
+    seconds: float  # how long it ran
+    before: dict[str, float]
+    during: dict[str, float]
+    after: dict[str, float]
+    errors: int  # answers other than 202, in and out of the window
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "window_s": round(self.seconds, 3),
+            "before": self.before,
+            "during": self.during,
+            "after": self.after,
+            "errors": self.errors,
+        }
+
+
+async def accept_during(
+    base: str,
+    operation: Callable[[], Awaitable[dict[str, Any]]],
+    opts: BenchOptions,
+    out: TextIO,
+    *,
+    label: str,
+    around: float,
+) -> Window:
+    """Accept load for `around` seconds, then while `operation` runs, then `around` more.
+
+    How long the operation held accepts up is `during["longest_gap_ms"]`: the longest time
+    in which not one 202 completed, which `before` shows for the same load without it.
+    """
+    stop = asyncio.Event()
+    spans: list[tuple[float, float]] = []
+    started = time.perf_counter()
+    load = asyncio.create_task(
+        drive(
+            f"{base}/messages",
+            concurrency=opts.concurrency,
+            duration=None,
+            requests=None,
+            expect=202,
+            label=label,
+            out=out,
+            stop=stop,
+            spans=spans,
+        ),
+        name="bench-load-around",
+    )
+    try:
+        await asyncio.sleep(around)
+        start = time.perf_counter()
+        result = await operation()
+        end = time.perf_counter()
+        await asyncio.sleep(around)
+    finally:
+        stop.set()
+        loaded = await load
+        stopped = time.perf_counter()
+    counted = [s for s in spans if s[0] >= started + WARMUP]
+    return Window(
+        result,
+        end - start,
+        _in_window(counted, started + WARMUP, start),
+        _in_window(counted, start, end),
+        _in_window(counted, end, stopped),
+        loaded.errors,
+    )
+
+
+def _in_window(spans: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
+    """Latencies of the accepts that overlap [start, end], and the longest time within it
+    in which none completed (its edges count as completions: none at all is one gap)."""
+    inside = [(a, b) for a, b in spans if a < end and b > start]
+    marks = [start, *sorted(b for _, b in spans if start <= b <= end), end]
+    gap = max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
+    ms = [(b - a) * 1000 for a, b in inside]
+    seconds = end - start
+    return {
+        "requests": len(ms),
+        "rate_per_s": round(len(ms) / seconds, 1) if seconds > 0 else 0.0,
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms, default=0.0), 2),
+        "longest_gap_ms": round(gap * 1000, 2),
+    }
+
+
+async def _phase_backup(
+    workdir: Path, sim_port: int, opts: BenchOptions, out: TextIO
+) -> dict[str, Any]:
+    """A backup through the control socket, as `dispatchd backup` makes it, under load."""
+    db = workdir / "bench.db"
+    dest = workdir / "backup.db"
+    around = max((opts.duration or AROUND_DEFAULT) / 2, WARMUP * 2)
+    async with daemon_process(workdir, sim_port, opts.delivery_concurrency) as (base, _):
+        stored = store_mod.count_messages(db)
+        db_bytes = db.stat().st_size
+        control = ControlClient(workdir / "bench.sock")
+
+        async def backup() -> dict[str, Any]:
+            note = f"  backing up {stored:,} messages ({db_bytes / 1e6:,.0f} MB)..."
+            out.write(f"\r{note:<60}\n")
+            return await control.backup(str(dest))
+
+        try:
+            window = await accept_during(
+                base, backup, opts, out, label="accept around a backup", around=around
+            )
+        finally:
+            await control.close()
+        await _wait_all_final(db, within=300)
+    return {
+        "stored_messages": stored,
+        "db_bytes": db_bytes,
+        "backup": {k: window.result[k] for k in ("bytes", "seconds", "messages", "integrity")},
+        **window.summary(),
+    }
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as a plain-text table."""
     rows = [("phase", "rate/s", "p50 ms", "p95 ms", "p99 ms", "notes")]
@@ -664,6 +814,7 @@ def render(report: dict[str, Any]) -> str:
             "rate_per_s",
             f"{backlog['stored_messages']:,} stored, RSS {backlog['daemon_peak_rss_mb']:.0f} MB",
         )
+    _window_rows(report.get("backup"), "a backup", add)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -671,6 +822,26 @@ def render(report: dict[str, Any]) -> str:
     if "daemon_peak_rss_mb" in report:
         extra.append(f"daemon peak RSS {report['daemon_peak_rss_mb']:.0f} MB")
     return "\n".join([*lines, "", "; ".join(extra)])
+
+
+def _window_rows(
+    phase: dict[str, Any] | None,
+    what: str,
+    add: Callable[[str, dict[str, Any] | None, str, str], None],
+) -> None:
+    """Rows for accepts before, during and after an operation (`accept_during`)."""
+    if not phase:
+        return
+    for name in ("before", "during", "after"):
+        data = phase[name]
+        note = f"max {data['max_ms']:.1f} ms, longest gap {data['longest_gap_ms']:.1f} ms"
+        copied = phase.get("backup")
+        if name == "during" and copied:
+            note += (
+                f"; {copied['messages']:,} messages, {copied['bytes'] / 1e6:,.0f} MB "
+                f"copied in {copied['seconds']:.1f} s"
+            )
+        add(f"accept {name} {what}", data, "rate_per_s", note)
 
 
 def main(opts: BenchOptions, as_json: bool, echo: Callable[[str], None] = print) -> int:

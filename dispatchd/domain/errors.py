@@ -79,7 +79,7 @@ class BadToken(DispatchdError):
 
 
 class NotRetryable(DispatchdError):
-    """Only failed or expired messages can be retried."""
+    """Only failed, expired or unknown messages can be retried."""
 
 
 class NotSuppressed(DispatchdError):

@@ -17,13 +17,17 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     INVALID = "invalid"
     EXPIRED = "expired"
+    # SMPP's name: a provider took the message and no report came within `report_timeout`.
+    UNKNOWN = "unknown"
 
     @property
     def final(self) -> bool:
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({Status.DELIVERED, Status.FAILED, Status.INVALID, Status.EXPIRED})
+FINAL_STATUSES = frozenset(
+    {Status.DELIVERED, Status.FAILED, Status.INVALID, Status.EXPIRED, Status.UNKNOWN}
+)
 REPORT_STATUSES = frozenset({Status.DELIVERED, Status.FAILED, Status.INVALID})
 
 
@@ -42,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     EXPIRED = "expired"
     REPORTED_FAILED = "reported_failed"
     REPORTED_INVALID = "reported_invalid"
+    REPORT_TIMEOUT = "report_timeout"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ Rules every backend keeps, because several processes may one day share one datab
   so a worker whose lease ran out and was reclaimed elsewhere cannot overwrite the newer
   attempt.
 - Lease times come from the store's clock, not the caller's.
-- Final statuses (`delivered`, `failed`, `invalid`, `expired`) never change.
+- Final statuses (`delivered`, `failed`, `invalid`, `expired`, `unknown`) never change.
 - Every status change of a message with a `status_callback_url`, including its insert as
   `queued`, queues one status callback in the same transaction as the change.
 - A saved idempotent response is committed in the same transaction as the messages it
@@ -80,6 +80,24 @@ class QueueStats:
     counts: dict[str, int]
     oldest_queued_at: float | None
     waiting_retry: int  # queued again after an attempt found no provider
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """Rows one retention batch deleted, per table."""
+
+    messages: int = 0
+    attempts: int = 0
+    history: int = 0
+    callbacks: int = 0
+
+    def __add__(self, other: Purged) -> Purged:
+        return Purged(
+            self.messages + other.messages,
+            self.attempts + other.attempts,
+            self.history + other.history,
+            self.callbacks + other.callbacks,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +219,13 @@ class Store(Protocol):
         soonest first, whatever the providers' state; their (id, number)."""
         ...
 
+    async def time_out_reports(
+        self, sent_before: float, now: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """End `unknown` up to `limit` messages still `sent` (no final report) that were sent
+        by `sent_before`, longest-waiting first; their (id, number)."""
+        ...
+
     async def defer(self, claim: Claimed, at: float, detail: str) -> bool:
         """Give a claimed message back, due at `at`, as if it had not been claimed: the claim
         does not count as an attempt (a provider's rate limit or throttle held it)."""
@@ -279,6 +304,19 @@ class Store(Protocol):
 
     async def add_note(self, msg_id: str, detail: str, now: float) -> bool:
         """Append a history entry that keeps the message's status; False if it is unknown."""
+        ...
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def purge_finished(self, before: float, limit: int) -> Purged:
+        """Delete up to `limit` messages that ended before `before`, longest-ended first, with
+        their attempts, history and status callbacks. A message with a callback still pending
+        is kept. Suppressions and idempotency keys are not touched."""
+        ...
+
+    async def reclaim_space(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system; how many free remain
+        (0 for backends that manage their space themselves)."""
         ...
 
     # -- idempotency keys -------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dispatchd.domain.models import (
 from dispatchd.store.api import (
     Claimed,
     DueWebhook,
+    Purged,
     QueueStats,
     ReportResult,
     SavedResponse,
@@ -39,6 +40,10 @@ from dispatchd.store.api import (
 
 _UNFINISHED = frozenset({Status.QUEUED, Status.SENDING})
 _EXPIRED_DETAIL = "No provider accepted the message before it expired."
+_UNKNOWN_DETAIL = (
+    "No delivery report came in time: the provider took the message, and whether it arrived "
+    "is unknown."
+)
 _SUPPRESSED_DETAIL = "The number was reported invalid; the message was not sent."
 # SQLite's Julian day number of the Unix epoch, in milliseconds.
 _EPOCH_JD_MS = 210866760000000.0
@@ -450,6 +455,33 @@ class MemoryStore:
             out.append((msg_id, row.msg.to_number))
         return out
 
+    async def time_out_reports(
+        self, sent_before: float, now: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """End `unknown` messages sent by `sent_before` that never had a final report."""
+        self._writing()
+        due = sorted(
+            (row.msg.updated_at, row.msg.id)  # TIME_OUT_REPORTS: updated_at is when it was sent
+            for row in self._rows.values()
+            if row.msg.status is Status.SENT and row.msg.updated_at <= sent_before
+        )[:limit]
+        out = []
+        for _, msg_id in due:
+            row = self._rows[msg_id]
+            self._set(
+                row,
+                replace(
+                    row.msg,
+                    status=Status.UNKNOWN,
+                    error_code=ErrorCode.REPORT_TIMEOUT.value,
+                    error_detail=_UNKNOWN_DETAIL,
+                    updated_at=now,
+                ),
+            )
+            self._history(row, Status.UNKNOWN, now, _UNKNOWN_DETAIL)
+            out.append((msg_id, row.msg.to_number))
+        return out
+
     async def finish(
         self,
         claim: Claimed,
@@ -653,6 +685,34 @@ class MemoryStore:
             return False
         self._history(row, row.msg.status, now, detail)
         return True
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def purge_finished(self, before: float, limit: int) -> Purged:
+        """Delete up to `limit` messages that ended before `before`, with what hangs off them."""
+        self._writing()
+        ended = sorted(
+            (row.msg.updated_at, row.msg.id)
+            for row in self._rows.values()
+            if row.msg.status in FINAL_STATUSES
+            and row.msg.updated_at < before
+            and not any(self._webhooks[w].state == "pending" for w in row.callbacks)
+        )[: max(limit, 0)]
+        purged = Purged()
+        for _, msg_id in ended:
+            row = self._rows.pop(msg_id)
+            del self._ids[bisect.bisect_left(self._ids, msg_id)]
+            if row.msg.provider_message_id is not None:
+                self._index_provider_id(msg_id, row.msg.provider_message_id, None)
+            for hook_id in row.callbacks:
+                del self._webhooks[hook_id]
+                self._scheduled.discard(hook_id)
+            purged += Purged(1, len(row.attempts), len(row.history), len(row.callbacks))
+        return purged
+
+    async def reclaim_space(self, pages: int) -> int:
+        self._writing()
+        return 0  # memory is returned as rows go
 
     # -- idempotency keys -------------------------------------------------------------------
 

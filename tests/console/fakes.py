@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dispatchd.console.app import ConsoleApp
-from dispatchd.console.client import CommandFailed
+from dispatchd.control.client import CommandFailed
 
 Json = dict[str, Any]
 

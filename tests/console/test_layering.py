@@ -20,7 +20,13 @@ pytestmark = pytest.mark.slow  # a fresh interpreter per check
 
 PACKAGE = Path(dispatchd.__file__).parent
 # What the console may load of dispatchd: itself, the control protocol and the domain.
-CONSOLE_MAY_LOAD = ("dispatchd.console", "dispatchd.control.protocol", "dispatchd.domain")
+CONSOLE_MAY_LOAD = (
+    "dispatchd.console",
+    "dispatchd.control.client",
+    "dispatchd.control.format",
+    "dispatchd.control.protocol",
+    "dispatchd.domain",
+)
 CONSOLE_PARENTS = {"dispatchd", "dispatchd.control"}  # their __init__ only
 
 
@@ -61,7 +67,7 @@ def test_serving_parses_its_command_line_without_textual() -> None:
     assert "textual" not in modules_after(code)
 
 
-@pytest.mark.parametrize("entry", ["dispatchd.console.app", "dispatchd.console.client"])
+@pytest.mark.parametrize("entry", ["dispatchd.console.app", "dispatchd.control.client"])
 def test_the_console_loads_only_the_protocol_and_the_domain(entry: str) -> None:
     loaded = modules_after(f"import {entry}")
     assert "textual" in loaded or entry.endswith("client")

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from textual.widgets import Input
 
-from dispatchd.console.client import ControlClient
 from dispatchd.console.screens.confirm import ConfirmScreen
 from dispatchd.console.screens.message import MessageScreen
 from dispatchd.console.widgets.provider_table import ProviderTable
 from dispatchd.console.widgets.traffic_log import LogEntry, TrafficLog
+from dispatchd.control.client import ControlClient
 from dispatchd.daemon import Daemon
 from tests.conftest import DaemonFactory, wait_for
 from tests.console.fakes import (

@@ -25,7 +25,7 @@ from dispatchd.domain.models import (
     Outcome,
     Status,
 )
-from dispatchd.store.api import Claimed, SavedResponse, Store
+from dispatchd.store.api import Claimed, Purged, SavedResponse, Store
 from dispatchd.store.memory import MemoryStore
 from dispatchd.store.sqlite import SqliteStore
 from tests.helpers import NOW, NUMBER, OTHER_NUMBER, queued_message
@@ -412,6 +412,52 @@ class TestStoreContract:
         assert await store.message_status(later.id) is Status.QUEUED
         assert await store.message_status(sending.id) is Status.SENDING
         assert await store.expire_due(NOW + 11, 10) == []
+
+    async def sent(self, store: Store, ids: IdGenerator, at: float, **fields: Any) -> Message:
+        """A message a provider took at `at`."""
+        msg = await self.add(store, ids, **fields)
+        claim = await self.claim_one(store)
+        assert claim.id == msg.id
+        assert await store.mark_sent(claim, "provider1", f"p-{msg.id}", [_attempt()], at)
+        return msg
+
+    async def test_time_out_reports_ends_sent_messages_unknown_longest_waiting_first(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        older = await self.sent(store, ids, NOW + 1, status_callback_url=HOOK)
+        newer = await self.sent(store, ids, NOW + 2)
+        reported = await self.sent(store, ids, NOW + 1)
+        await store.apply_report(reported.id, _report(Status.DELIVERED), None, NOW + 3)
+        queued = await self.add(store, ids)
+        assert await store.time_out_reports(NOW + 0.5, NOW + 10, 10) == []
+        assert await store.time_out_reports(NOW + 2, NOW + 10, 1) == [(older.id, NUMBER)]
+        assert await store.time_out_reports(NOW + 2, NOW + 10, 10) == [(newer.id, NUMBER)]
+        assert await store.time_out_reports(NOW + 2, NOW + 10, 10) == []
+        got = await store.get(older.id)
+        assert got is not None
+        assert (got.status, got.error_code, got.updated_at) == (
+            Status.UNKNOWN,
+            "report_timeout",
+            NOW + 10,
+        )
+        assert got.error_detail is not None and "unknown" in got.error_detail
+        assert got.history[-1].status is Status.UNKNOWN
+        assert [c.status for c in got.callbacks][-1] is Status.UNKNOWN
+        assert await store.message_status(reported.id) is Status.DELIVERED
+        assert await store.message_status(queued.id) is Status.QUEUED
+
+    async def test_a_report_after_the_timeout_is_recorded_and_changes_nothing(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        msg = await self.sent(store, ids, NOW + 1, status_callback_url=HOOK)
+        await store.time_out_reports(NOW + 1, NOW + 5, 10)
+        result = await store.apply_report(msg.id, _report(Status.DELIVERED), "provider1", NOW + 9)
+        assert (result.found, result.applied, result.previous) == (True, False, Status.UNKNOWN)
+        got = await store.get(msg.id)
+        assert got is not None and got.status is Status.UNKNOWN
+        assert got.history[-1].status is Status.UNKNOWN
+        assert got.history[-1].detail is not None and "'delivered'" in got.history[-1].detail
+        assert [c.status for c in got.callbacks][-1] is Status.UNKNOWN, "no callback for it"
 
     async def test_defer_gives_the_claim_back_as_if_it_had_not_been_claimed(
         self, store: Store, ids: IdGenerator, clock: Clock
@@ -822,6 +868,56 @@ class TestStoreContract:
         assert await store.purge_saved_responses(NOW + 3, 3) == 0
         assert await store.find_saved_response("", "k4", NOW + 3) is not None
         assert await store.find_saved_response("", "k0", NOW - 5) is None, "purged"
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def test_purge_deletes_messages_that_ended_before_the_cutoff_with_their_rows(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        first = await self.sent(store, ids, NOW + 1, status_callback_url=HOOK)
+        await store.apply_report(first.id, _report(Status.DELIVERED), None, NOW + 2)
+        second = await self.sent(store, ids, NOW + 1)
+        await store.apply_report(second.id, _report(Status.INVALID), None, NOW + 3)
+        recent = await self.sent(store, ids, NOW + 1)
+        await store.apply_report(recent.id, _report(Status.FAILED), None, NOW + 50)
+        waiting = await self.sent(store, ids, NOW + 1)  # sent, not final: never purged
+        queued = await self.add(store, ids)
+        for webhook in await store.due_webhooks(NOW + 100, 100, []):
+            await self.settle(store, webhook.id, "delivered", finished_at=NOW + 4)
+        while due := await store.due_webhooks(NOW + 100, 100, []):
+            for webhook in due:
+                await self.settle(store, webhook.id, "delivered", finished_at=NOW + 4)
+
+        purged = await store.purge_finished(NOW + 10, 1)
+        # queued, sending, sent, delivered: a history row and a callback each; one attempt.
+        assert purged == Purged(messages=1, attempts=1, history=4, callbacks=4)
+        assert await store.get(first.id) is None
+        assert await store.purge_finished(NOW + 10, 10) == Purged(1, 1, 4, 0)
+        assert await store.purge_finished(NOW + 10, 10) == Purged()
+        assert await store.get(second.id) is None
+        assert await store.message_history(second.id) == ()
+        for kept in (recent, waiting, queued):
+            assert await store.get(kept.id) is not None
+        assert [
+            m.id for m in await store.search(to_number=None, status=None, limit=10, cursor=None)
+        ] == [queued.id, waiting.id, recent.id]
+        assert await store.id_for_provider_message(f"p-{first.id}") is None
+        # Suppressions are kept: the invalid report's number stays refused.
+        assert NUMBER in await store.suppressed_numbers()
+        assert (await store.counts()).get("delivered", 0) == 0
+        assert await store.reclaim_space(1000) >= 0
+
+    async def test_purge_keeps_a_message_while_its_callbacks_are_pending(
+        self, store: Store, ids: IdGenerator
+    ) -> None:
+        msg = await self.sent(store, ids, NOW + 1, status_callback_url=HOOK)
+        await store.apply_report(msg.id, _report(Status.DELIVERED), None, NOW + 2)
+        assert await store.purge_finished(NOW + 10, 10) == Purged()
+        while due := await store.due_webhooks(NOW + 100, 100, []):
+            for webhook in due:
+                await self.settle(store, webhook.id, "failed", finished_at=NOW + 4)
+        assert (await store.purge_finished(NOW + 10, 10)).messages == 1
+        assert await store.due_webhooks(NOW + 100, 100, []) == []
 
     # -- the status callback outbox --------------------------------------------------------
 

@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,55 @@ async def test_idle_watchers_hold_their_streams_open_and_are_counted(
         assert daemon.watchers.count == 25, "every stream is open when the phase starts"
     assert (watch.watched, watch.errors) == (25, 0)
     await wait_for(lambda: daemon.watchers.count == 0, what="watches closed after the phase")
+
+
+async def test_backup_phase_measures_accepts_during_a_backup_against_outside_it(
+    tmp_path: Path,
+) -> None:
+    # `--backup`: the daemon copies its database through the control socket while the
+    # load runs before, during and after; the report compares the two windows.
+    bench.store_mod.seed_backlog(tmp_path / "bench.db", 5_000)
+    opts = bench.BenchOptions(
+        url=None,
+        concurrency=4,
+        duration=1.0,
+        requests=None,
+        e2e_duration=0.1,
+        backlog=5_000,
+        delivery_concurrency=16,
+        backup=True,
+    )
+    sim_port = bench.free_port()
+    sim = bench.Process(
+        "simulator", ["simulator", "--port", str(sim_port), "--instant"], tmp_path, {}
+    )
+    try:
+        await bench.wait_http(f"http://127.0.0.1:{sim_port}/readyz", sim)
+        phase = await bench._phase_backup(tmp_path, sim_port, opts, io.StringIO())
+    finally:
+        sim.stop()
+    assert phase["stored_messages"] == 5_000 and phase["db_bytes"] > 0
+    copied = phase["backup"]
+    # The backlog and what the load had accepted by the time the copy started.
+    assert copied["integrity"] == "ok" and copied["messages"] > 5_000
+    assert copied["bytes"] == (tmp_path / "backup.db").stat().st_size
+    assert phase["window_s"] >= copied["seconds"] > 0
+    assert phase["errors"] == 0
+    for window in ("before", "during", "after"):
+        data = phase[window]
+        assert set(data) == {
+            "requests",
+            "rate_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+            "longest_gap_ms",
+        }
+        assert data["p50_ms"] <= data["p99_ms"] <= data["max_ms"]
+        assert data["longest_gap_ms"] > 0
+    assert phase["before"]["requests"] > 0 and phase["after"]["requests"] > 0
+    table = bench.render({"concurrency": 4, "cpus": 2, "backup": phase})
+    for window in ("before", "during", "after"):
+        assert f"accept {window} a backup" in table
+    assert "longest gap" in table

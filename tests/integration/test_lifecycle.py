@@ -25,6 +25,7 @@ from dispatchd import daemon as daemon_mod
 from dispatchd import logs
 from dispatchd.daemon import Daemon
 from dispatchd.devtools.bench import Process, free_port, wait_http
+from dispatchd.domain.models import Status
 from dispatchd.store.api import Store
 from dispatchd.store.sqlite import SqliteStore
 from tests.conftest import DaemonFactory, make_config, wait_for
@@ -315,6 +316,11 @@ def test_systemd_unit_is_complete_and_verifies(tmp_path: Path) -> None:
     ):
         assert line in out
     assert "ExecStart=" in out and " serve --config " in out
+    # The check runs before the daemon, with the same program and config file.
+    lines = out.splitlines()
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    pre = start.replace("ExecStart=", "ExecStartPre=").replace(" serve ", " config check ")
+    assert pre in lines and lines.index(pre) < lines.index(start)
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
@@ -347,7 +353,14 @@ async def test_full_disk_answers_503_accepts_nothing_and_recovers_by_itself(
     d = await start_daemon(simulator={"callback_delay": 3600})
     base = f"http://127.0.0.1:{d.port}"
     async with aiohttp.ClientSession() as session:
-        await post(session, d.port)
+        first = (await post(session, d.port))["id"]
+
+        async def sent() -> bool:
+            return await d.store.message_status(first) is Status.SENT
+
+        # The worker's own write (the first message becoming `sent`) would prove the
+        # database writable again if it came after the cap.
+        await wait_for(sent, what="the first message to be sent")
         await _limit_pages(d, None)
         # Enough text to need a new page even if the last one has room.
         big = {"to_number": "+17034573322", "message": "x" * 1500}

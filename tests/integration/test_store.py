@@ -18,7 +18,7 @@ import pytest
 from dispatchd.domain.errors import StoreError, StoreLocked
 from dispatchd.domain.ids import IdGenerator
 from dispatchd.domain.models import Message, Status
-from dispatchd.store.sqlite import SqliteStore, count_messages
+from dispatchd.store.sqlite import SqliteStore, count_messages, retention
 from dispatchd.store.sqlite import messages as sql
 from dispatchd.store.sqlite.schema import SCHEMA_VERSION
 from tests.helpers import NOW, NUMBER, queued_message
@@ -146,6 +146,16 @@ HOT_QUERIES: dict[str, tuple[str, Any, str]] = {
         sql.EXPIRE_DUE,
         {"now": NOW, "limit": 10, "detail": "expired"},
         "messages_expiry",
+    ),
+    "report timeout": (
+        sql.TIME_OUT_REPORTS,
+        {"now": NOW, "limit": 10, "detail": "unknown", "sent_before": NOW},
+        "messages_sent",
+    ),
+    "retention purge": (
+        retention.SELECT_PURGEABLE,
+        {"before": NOW, "limit": 10},
+        "messages_finished",
     ),
     "provider id, newest unfinished": (
         sql.SELECT_BY_PROVIDERS_ID,
@@ -310,7 +320,7 @@ async def test_a_version_2_database_gets_waiting_callbacks_out_of_the_due_index(
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         due_at = dict(conn.execute("SELECT id, next_attempt_at FROM webhooks").fetchall())
         assert due_at == {
             1: NOW,
@@ -366,9 +376,82 @@ async def test_a_version_3_database_gets_lease_tokens_and_its_leases_requeued(
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
         assert "lease_token" in columns
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def _sent_and_delivered(store: SqliteStore, count: int, at: float) -> list[str]:
+    ids = IdGenerator()
+    msgs = [replace(_message(ids), body="x" * 400) for _ in range(count)]
+    await store.insert(msgs, "accepted")
+    for claim in await store.claim(count, 30):
+        await store.mark_sent(claim, "provider1", f"p-{claim.id}", (), at)
+    return [m.id for m in msgs]
+
+
+async def test_a_purge_gives_the_freed_pages_back_to_the_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "purge.db"
+    store = await SqliteStore.open(path, clock=lambda: NOW)
+    try:
+        await _sent_and_delivered(store, 2000, NOW)
+        await store.time_out_reports(NOW, NOW + 1, 5000)
+        assert (await store.counts()) == {"unknown": 2000}
+        await store.close()  # checkpoints the WAL, so the file holds every page
+        grown = path.stat().st_size
+        store = await SqliteStore.open(path, clock=lambda: NOW)
+        purged = await store.purge_finished(NOW + 2, 5000)
+        assert purged.messages == 2000 and purged.history == 2000 * 4
+        free = await store.reclaim_space(100)
+        assert free > 0, "at most 100 pages a call"
+        while free:
+            free = await store.reclaim_space(500)
+        await store.close()
+        shrunk = path.stat().st_size
+        assert shrunk < grown / 4, (grown, shrunk)
+    finally:
+        await store.close()
+
+
+async def test_a_version_4_database_gets_incremental_auto_vacuum_and_its_indexes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v4.db"
+    store = await SqliteStore.open(path, clock=lambda: NOW)
+    [kept] = await _sent_and_delivered(store, 1, NOW)
+    await store.close()
+    # Version 4 had neither the mode nor the two indexes.
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum = NONE")
+    conn.execute("VACUUM")
+    conn.execute("DROP INDEX messages_sent")
+    conn.execute("DROP INDEX messages_finished")
+    conn.execute("PRAGMA user_version = 4")
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+
+    store = await SqliteStore.open(path, clock=lambda: NOW)
+    try:
+        assert await store.time_out_reports(NOW, NOW + 1, 10) == [(kept, NUMBER)]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"messages_sent", "messages_finished"} <= indexes
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_a_new_database_is_made_with_incremental_auto_vacuum(store: SqliteStore) -> None:
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     finally:
         conn.close()

@@ -1,4 +1,5 @@
-"""The sd_notify client reads systemd's environment strictly."""
+"""The sd_notify client reads systemd's environment strictly; the unit file checks the
+config before it starts the daemon."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from dispatchd.systemd import Notifier
+from dispatchd.systemd import Notifier, unit_file
 
 
 def test_watchdog_interval_comes_from_watchdog_usec() -> None:
@@ -24,3 +25,15 @@ def test_a_watchdog_meant_for_another_process_is_ignored() -> None:
     other = str(os.getpid() + 1)
     notifier = Notifier({"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": other})
     assert notifier.watchdog_interval is None
+
+
+def test_the_unit_checks_the_config_before_it_serves() -> None:
+    unit = unit_file(executable="/opt/dispatchd/bin/dispatchd", config="/etc/d/d.toml").splitlines()
+    pre = "ExecStartPre=/opt/dispatchd/bin/dispatchd config check --config /etc/d/d.toml"
+    start = "ExecStart=/opt/dispatchd/bin/dispatchd serve --config /etc/d/d.toml"
+    assert pre in unit and start in unit
+    assert unit.index(pre) < unit.index(start)
+    # RestartPreventExitStatus does not cover ExecStartPre: the start limit must end the
+    # retries of a bad config, and the default (5 in 10 s) is too short to be reached.
+    assert unit.index("StartLimitIntervalSec=60") < unit.index("[Service]")
+    assert "StartLimitBurst=5" in unit

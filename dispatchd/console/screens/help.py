@@ -23,7 +23,7 @@ KEYS = (
     ("u", "lift a number's suppression (asks first)"),
     ("? / q", "this help / quit (the daemon keeps running)"),
     ("Message screen", ""),
-    ("r", "retry a failed or expired message as a new one (asks)"),
+    ("r", "retry a failed, expired or unknown message as a new one (asks)"),
     ("u", "lift the suppression of its number (asks first)"),
     ("g / esc", "refresh / back"),
 )

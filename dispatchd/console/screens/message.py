@@ -17,8 +17,9 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from dispatchd.console.client import CommandFailed, DaemonUnavailable
-from dispatchd.console.widgets.format import EVENT_STYLE, fmt_iso, fmt_ms
+from dispatchd.console.widgets.format import EVENT_STYLE, fmt_iso
+from dispatchd.control.client import CommandFailed, DaemonUnavailable
+from dispatchd.control.format import fmt_ms
 from dispatchd.control.protocol import Json
 
 if TYPE_CHECKING:

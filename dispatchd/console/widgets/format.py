@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, tzinfo
 
+from dispatchd.control.format import fmt_age
+
 # A message status or event type -> its Rich style, wherever one is shown.
 EVENT_STYLE = {
     "accepted": "cyan",
@@ -15,32 +17,13 @@ EVENT_STYLE = {
     "failed": "bold red",
     "expired": "red",
     "invalid": "red",
+    "unknown": "magenta",
     "number_suppressed": "bold red",
     "breaker_opened": "bold red",
     "breaker_half_open": "yellow",
     "breaker_closed": "green",
     "weight_shifted": "yellow",
 }
-
-
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1000:.1f}s" if value >= 10_000 else f"{value:.0f}ms"
-
-
-def fmt_pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%" if value >= 0.995 else f"{value:.1%}"
-
-
-def fmt_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
 
 
 def fmt_throttled(count: object, held_until: object, now: float | None) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from dispatchd.console.widgets.format import fmt_ms, fmt_pct, fmt_throttled
+from dispatchd.console.widgets.format import fmt_throttled
+from dispatchd.control.format import fmt_ms, fmt_pct
 from dispatchd.control.protocol import Json
 
 STATE_STYLE = {

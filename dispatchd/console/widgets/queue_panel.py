@@ -5,10 +5,19 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from dispatchd.console.widgets.format import fmt_age
+from dispatchd.control.format import fmt_age
 from dispatchd.control.protocol import Json
 
-QUEUE_ORDER = ("queued", "sending", "sent", "delivered", "failed", "invalid", "expired")
+QUEUE_ORDER = (
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "failed",
+    "invalid",
+    "expired",
+    "unknown",
+)
 
 
 class QueuePanel(Static):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from dispatchd.console.widgets.format import fmt_age
+from dispatchd.control.format import fmt_age
 
 
 class StatusBar(Static):

@@ -14,7 +14,8 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from dispatchd.console.widgets.format import EVENT_STYLE, fmt_clock, fmt_ms
+from dispatchd.console.widgets.format import EVENT_STYLE, fmt_clock
+from dispatchd.control.format import fmt_ms
 from dispatchd.control.protocol import Json
 
 EVENT_LABEL = {

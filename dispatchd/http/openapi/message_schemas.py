@@ -21,12 +21,16 @@ _STATUS_HELP = {
     Status.QUEUED: "stored and waiting for the worker (also after a failed attempt, until "
     "`next_attempt_at`)",
     Status.SENDING: "a provider call is in flight",
-    Status.SENT: "a provider accepted it; waiting for its delivery report",
+    Status.SENT: "a provider accepted it; waiting for its delivery report (at most "
+    "`[delivery] report_timeout` seconds, then `unknown`)",
     Status.DELIVERED: "final: the provider reported it delivered",
     Status.FAILED: "final: no provider would take it after every attempt, or the provider "
     "reported it undelivered",
     Status.INVALID: "final: the number was reported invalid (and is now suppressed)",
     Status.EXPIRED: "final: no provider accepted it within `max_age` seconds of acceptance",
+    Status.UNKNOWN: "final: a provider accepted it but no delivery report came within "
+    "`[delivery] report_timeout` (72 h by default); whether it arrived is unknown. A report "
+    "that comes later is recorded in `history` and does not change the status",
 }
 
 _MESSAGE_STATUS: Final[Schema] = {
@@ -49,7 +53,8 @@ _MESSAGE_ERROR: Final[Schema] = {
             "description": "Machine-readable reason: `providers_unavailable` (no provider "
             "answered usefully; retried until `max_attempts`), `provider_rejected` (every "
             "provider refused it with a 4xx), `number_suppressed`, `expired`, "
-            "`reported_failed`, `reported_invalid` (from a delivery report).",
+            "`reported_failed`, `reported_invalid` (from a delivery report), `report_timeout` "
+            "(status `unknown`: no report came in time).",
         },
         "detail": {"type": "string", "description": "A sentence for humans."},
     },

@@ -34,12 +34,14 @@ from dispatchd.domain.models import (
 from dispatchd.store.api import (
     Claimed,
     DueWebhook,
+    Purged,
     QueueStats,
     ReportResult,
     SavedResponse,
     Store,
     ignored_report,
 )
+from dispatchd.store.sqlite.backup import BackupJob, BackupResult
 from dispatchd.store.sqlite.console import (
     COUNT_WAITING_RETRY,
     DELETE_SUPPRESSION,
@@ -78,6 +80,8 @@ from dispatchd.store.sqlite.messages import (
     SELECT_MESSAGE,
     SELECT_STATUS,
     SELECT_SUPPRESSIONS,
+    TIME_OUT_REPORTS,
+    UNKNOWN_DETAIL,
     T,
     WriteOp,
     _callbacks_from_rows,
@@ -97,6 +101,15 @@ from dispatchd.store.sqlite.ordering import (
     CLAIM_LEASE_EXPIRED_ORDERED,
     NEXT_DUE_ORDERED,
     _index_unfinished,
+)
+from dispatchd.store.sqlite.retention import (
+    DELETE_ATTEMPTS,
+    DELETE_HISTORY,
+    DELETE_MESSAGE,
+    DELETE_WEBHOOKS,
+    FREE_PAGES,
+    INCREMENTAL_VACUUM,
+    SELECT_PURGEABLE,
 )
 from dispatchd.store.sqlite.schema import BUSY_TIMEOUT_MS, CACHE_KIB, _connect, _lock, _prepare
 from dispatchd.store.sqlite.webhooks import (
@@ -455,6 +468,27 @@ class SqliteStore:
 
         return await self._write(op)
 
+    async def time_out_reports(
+        self, sent_before: float, now: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """End `unknown` messages sent by `sent_before` that never had a final report."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            params = {
+                "detail": UNKNOWN_DETAIL,
+                "now": now,
+                "sent_before": sent_before,
+                "limit": limit,
+            }
+            rows = conn.execute(TIME_OUT_REPORTS, params).fetchall()
+            out = [(str(r[0]), str(r[1])) for r in rows]
+            conn.executemany(
+                INSERT_HISTORY, [(i, Status.UNKNOWN.value, now, UNKNOWN_DETAIL) for i, _ in out]
+            )
+            return out
+
+        return await self._write(op)
+
     async def finish(
         self,
         claim: Claimed,
@@ -603,6 +637,37 @@ class SqliteStore:
 
         return await self._write(op)
 
+    # -- retention --------------------------------------------------------------------------
+
+    async def purge_finished(self, before: float, limit: int) -> Purged:
+        """Delete up to `limit` messages that ended before `before`, with what hangs off them."""
+
+        def op(conn: sqlite3.Connection) -> Purged:
+            params = {"before": before, "limit": limit}
+            ids = [(r[0],) for r in conn.execute(SELECT_PURGEABLE, params).fetchall()]
+            if not ids:
+                return Purged()
+            counts = []
+            for sql in (DELETE_ATTEMPTS, DELETE_HISTORY, DELETE_WEBHOOKS, DELETE_MESSAGE):
+                before_changes = conn.total_changes
+                conn.executemany(sql, ids)
+                counts.append(conn.total_changes - before_changes)
+            attempts, history, callbacks, messages = counts
+            return Purged(messages, attempts, history, callbacks)
+
+        return await self._write(op)
+
+    async def reclaim_space(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system; how many free remain."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            free = int(conn.execute(FREE_PAGES).fetchone()[0])
+            for _ in range(min(pages, free)):
+                conn.execute(INCREMENTAL_VACUUM).close()
+            return int(conn.execute(FREE_PAGES).fetchone()[0])
+
+        return await self._write(op)
+
     # -- idempotency keys -------------------------------------------------------------------
 
     async def find_saved_response(self, scope: str, key: str, now: float) -> SavedResponse | None:
@@ -673,6 +738,31 @@ class SqliteStore:
         """The query plan of `sql` (for tests proving the hot queries use indexes)."""
         rows = await self._rows(f"EXPLAIN QUERY PLAN {sql}", params)
         return [str(r[3]) for r in rows]
+
+    async def backup(self, dest: str | Path) -> BackupResult:
+        """Copy the database to `dest` (a file, or a directory for a timestamped one) while
+        writes go on; raise StoreError saying why it cannot.
+
+        The copy runs on a connection and a thread of its own: on the writer's thread it
+        would hold up every accept for as long as it takes. Cancelling stops it and
+        removes what it wrote.
+        """
+        if self._closing:
+            raise StoreUnavailable("the store is shutting down")
+        job = BackupJob(self.path, dest, clock=self._clock, background=True)
+        # A thread of its own, ending with the copy: the copy lowers its priority.
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchd-backup")
+        copying = asyncio.get_running_loop().run_in_executor(thread, job.run)
+        thread.shutdown(wait=False)
+        try:
+            return await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            # The thread cannot be cancelled, only told to stop; wait until it has cleaned up.
+            job.cancel()
+            await asyncio.wait([copying])
+            if not copying.cancelled():
+                copying.exception()  # retrieved: the caller sees the cancellation
+            raise
 
 
 def _as_store_error(exc: Exception) -> Exception:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from dispatchd.domain.models import (
+    FINAL_STATUSES,
     Attempt,
     ErrorCode,
     HistoryEntry,
@@ -24,6 +25,8 @@ from dispatchd.domain.models import (
 from dispatchd.store.api import Claimed, SavedResponse
 
 T = TypeVar("T")
+# The final statuses as an SQL list, for `status IN (...)`.
+FINALS = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATUSES))
 WriteOp = Callable[[sqlite3.Connection], T]
 
 
@@ -92,6 +95,21 @@ WHERE id IN (
 RETURNING id, to_number
 """
 EXPIRED_DETAIL = "No provider accepted the message before it expired."
+UNKNOWN_DETAIL = (
+    "No delivery report came in time: the provider took the message, and whether it arrived "
+    "is unknown."
+)
+# Sent messages whose report did not come by :sent_before. `updated_at` is when it was sent:
+# nothing else changes a `sent` row until its report.
+TIME_OUT_REPORTS = """
+UPDATE messages SET status = 'unknown', error_code = 'report_timeout', error_detail = :detail,
+    updated_at = :now
+WHERE id IN (
+    SELECT id FROM messages INDEXED BY messages_sent
+    WHERE status = 'sent' AND updated_at <= :sent_before
+    ORDER BY updated_at LIMIT :limit)
+RETURNING id, to_number
+"""
 # As if never claimed: the claim's attempt is given back.
 DEFER_ONE = """
 UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
@@ -110,9 +128,9 @@ WHERE id = ? AND status = 'sending' AND lease_token = ?
 """
 # A report that raced ahead already finalised the message: keep its status, record who sent
 # it. Only a final message: one merely leased again belongs to its new holder.
-MARK_SENT_LATE = """
+MARK_SENT_LATE = f"""
 UPDATE messages SET provider = ?, provider_message_id = coalesce(provider_message_id, ?)
-WHERE id = ? AND status IN ('delivered', 'failed', 'invalid', 'expired')
+WHERE id = ? AND status IN ({FINALS})
 """
 REQUEUE = """
 UPDATE messages SET status = 'queued', next_attempt_at = ?, lease_until = NULL,
@@ -153,9 +171,7 @@ FROM webhooks INDEXED BY webhooks_message WHERE message_id = ? ORDER BY id
 """
 # A provider may use an id again (SMSCs wrap their counters): it then means the message
 # still waiting for its report, else its latest one.
-_UNFINISHED_NEWEST = (
-    "ORDER BY status IN ('delivered', 'failed', 'invalid', 'expired'), id DESC LIMIT 1"
-)
+_UNFINISHED_NEWEST = f"ORDER BY status IN ({FINALS}), id DESC LIMIT 1"
 SELECT_BY_PROVIDER_ID = (
     f"SELECT id FROM messages WHERE provider_message_id = ? {_UNFINISHED_NEWEST}"
 )

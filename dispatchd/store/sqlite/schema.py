@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from dispatchd.domain.errors import StoreError, StoreLocked
+from dispatchd.store.sqlite.messages import FINALS
+
+logger = logging.getLogger("dispatchd.store.sqlite")
 
 APPLICATION_ID = 0x53_4D_53_44  # "SMSD": tells our databases from foreign SQLite files
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The body of a status callback, rendered in SQL so the triggers can queue it in the very
 # transaction that changes the status.
@@ -48,6 +53,10 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_due ON messages(next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS messages_leased ON messages(lease_until) WHERE status = 'sending';
 CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_at) WHERE status = 'queued';
+-- `updated_at` of a sent message is when it was sent (the report timeout's sweep), of a
+-- final one when it ended (retention's purge).
+CREATE INDEX IF NOT EXISTS messages_sent ON messages(updated_at) WHERE status = 'sent';
+CREATE INDEX IF NOT EXISTS messages_finished ON messages(updated_at) WHERE status IN ({FINALS});
 CREATE INDEX IF NOT EXISTS messages_to_number ON messages(to_number, id);
 CREATE INDEX IF NOT EXISTS messages_status ON messages(status, id);
 CREATE INDEX IF NOT EXISTS messages_provider_message_id ON messages(provider_message_id)
@@ -192,6 +201,8 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     # Version 4: fenced leases. A claim's token must come back with every later transition.
     # Rows left `sending` by an older version have none; opening requeues them anyway.
     4: ["ALTER TABLE messages ADD COLUMN lease_token TEXT"],
+    # Version 5 adds only indexes (SCHEMA creates them) and incremental auto-vacuum, which
+    # `_incremental_vacuum` switches on before the migration transaction.
 }
 
 
@@ -221,6 +232,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
             f"the database has schema version {version}, newer than this dispatchd "
             f"understands ({SCHEMA_VERSION}); upgrade dispatchd"
         )
+    _incremental_vacuum(conn, has_tables=bool(tables))
     if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
         raise StoreError("the database cannot use write-ahead logging")
     # FULL syncs the WAL on every commit: a 202 survives power loss, not just a crash.
@@ -243,6 +255,26 @@ def _prepare(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+# PRAGMA auto_vacuum's value for INCREMENTAL.
+_INCREMENTAL = 2
+
+
+def _incremental_vacuum(conn: sqlite3.Connection, *, has_tables: bool) -> None:
+    """Let purged pages go back to the file system (`PRAGMA incremental_vacuum`).
+
+    The mode is fixed when the first table is created; a file made before version 5 has
+    none, and only a full VACUUM (a rewrite of the file, once) can switch it on.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+        return
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if has_tables:
+        logger.info("event=vacuum_for_incremental_auto_vacuum reason=schema_upgrade")
+        started = time.monotonic()
+        conn.execute("VACUUM")
+        logger.info("event=vacuum_done seconds=%.1f", time.monotonic() - started)
 
 
 def _lock(path: Path) -> IO[bytes]:
