@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         help="accept load while a backup of the daemon's database runs (after the backlog "
         "phase, so --backlog sets how much there is to copy)",
     )
+    bench.add_argument(
+        "--purge",
+        type=int,
+        default=0,
+        help="accept load while retention purges this many old delivered messages (seeded "
+        "first; the daemon's first purge cycle comes a minute after it starts)",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ceiling = sub.add_parser("bench-ceiling", help=argparse.SUPPRESS)
@@ -495,6 +502,7 @@ def _bench(args: argparse.Namespace) -> int:
         watchers=args.watchers,
         watch_with=args.watch_with,
         backup=args.backup,
+        purge=args.purge,
     )
     return bench.main(opts, as_json=args.json)
 

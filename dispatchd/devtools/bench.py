@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -224,14 +224,24 @@ async def wait_http(url: str, proc: Process, within: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def daemon_config(workdir: Path, port: int, sim_port: int, concurrency: int) -> Path:
+def daemon_config(
+    workdir: Path,
+    port: int,
+    sim_port: int,
+    concurrency: int,
+    *,
+    retention: float | None = None,
+    log_level: str = "warning",
+) -> Path:
     sim = f"http://127.0.0.1:{sim_port}"
+    keep = "" if retention is None else f"retention = {retention}"
     text = f"""
 [server]
 port = {port}
 public_url = "http://127.0.0.1:{port}"
 [storage]
 path = "{workdir / "bench.db"}"
+{keep}
 [control]
 socket = "{workdir / "bench.sock"}"
 [delivery]
@@ -251,7 +261,7 @@ latency = 0.0
 callback_delay = 0.0
 invalid_suffix = ""
 [log]
-level = "warning"
+level = "{log_level}"
 """
     path = workdir / "dispatchd.toml"
     path.write_text(text)
@@ -260,10 +270,11 @@ level = "warning"
 
 @contextlib.asynccontextmanager
 async def daemon_process(
-    workdir: Path, sim_port: int, concurrency: int
+    workdir: Path, sim_port: int, concurrency: int, **settings: Any
 ) -> AsyncIterator[tuple[str, Process]]:
+    """The daemon on `workdir`'s database; `settings` go to `daemon_config`."""
     port = free_port()
-    config = daemon_config(workdir, port, sim_port, concurrency)
+    config = daemon_config(workdir, port, sim_port, concurrency, **settings)
     proc = Process("daemon", ["serve", "--config", str(config)], workdir, {})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -336,6 +347,8 @@ class BenchOptions:
     watch_with: Literal["events", "poll", "idle"] = "events"
     # Accept load while the daemon backs its database up (after the backlog phase).
     backup: bool = False
+    # Accept load while retention purges this many old delivered messages (0: no phase).
+    purge: int = 0
 
 
 async def _phase_ceiling(opts: BenchOptions, workdir: Path, out: TextIO) -> LoadResult:
@@ -413,6 +426,8 @@ async def run(opts: BenchOptions, out: TextIO = sys.stderr) -> dict[str, Any]:
                 report["backlog"] = await _phase_backlog(workdir, sim_port, opts, out)
             if opts.backup:
                 report["backup"] = await _phase_backup(workdir, sim_port, opts, out)
+            if opts.purge:
+                report["purge"] = await _phase_purge(workdir / "purge", sim_port, opts, out)
         finally:
             sim.stop()
     return report
@@ -665,8 +680,12 @@ async def accept_during(
     *,
     label: str,
     around: float,
+    begin: Callable[[], Awaitable[None]] | None = None,
 ) -> Window:
     """Accept load for `around` seconds, then while `operation` runs, then `around` more.
+
+    With `begin`, the window opens when it returns (after `around` at least): for an
+    operation the daemon starts by itself, `begin` waits until it has started.
 
     How long the operation held accepts up is `during["longest_gap_ms"]`: the longest time
     in which not one 202 completed, which `before` shows for the same load without it.
@@ -690,6 +709,8 @@ async def accept_during(
     )
     try:
         await asyncio.sleep(around)
+        if begin is not None:
+            await begin()
         start = time.perf_counter()
         result = await operation()
         end = time.perf_counter()
@@ -760,6 +781,93 @@ async def _phase_backup(
     }
 
 
+T = TypeVar("T")
+
+# Retention in the purge phase: the seeded messages (a day old) are past it, the load's own
+# are not; with it, the daemon's first purge cycle comes a minute after its start.
+PURGE_RETENTION = 3600.0
+PURGE_LOG = "event=retention_purge"
+
+
+async def _phase_purge(
+    workdir: Path, sim_port: int, opts: BenchOptions, out: TextIO
+) -> dict[str, Any]:
+    """Accepts while the daemon's retention purges `opts.purge` old delivered messages."""
+    db = workdir / "bench.db"
+    out.write(f"  seeding {opts.purge:,} delivered messages a day old...\n")
+    out.flush()
+    await asyncio.to_thread(workdir.mkdir)
+    store_mod.seed_backlog(db, opts.purge)
+    db_bytes = db.stat().st_size
+    settings = {"retention": PURGE_RETENTION, "log_level": "info"}
+    async with (
+        daemon_process(workdir, sim_port, opts.delivery_concurrency, **settings) as (base, d),
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def deleted() -> float:
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('dispatchd_retention_deleted_rows_total{table="messages"}')
+            )
+
+        async def started() -> None:
+            out.write(f"\r  waiting for the first purge cycle (up to a minute)...{'':<10}\n")
+            await _poll(lambda: _positive(deleted()), within=120, what="a purge to start")
+
+        async def purge() -> dict[str, Any]:
+            # The cycle's log line comes once it has deleted everything and given back the
+            # free pages.
+            line = await _poll(lambda: _logged(d.log_path, PURGE_LOG), within=900, what="a purge")
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            return {k: float(fields[k]) for k in ("messages", "history", "free_pages", "seconds")}
+
+        window = await accept_during(
+            base,
+            purge,
+            opts,
+            out,
+            label="accept around a purge",
+            around=AROUND_DEFAULT,
+            begin=started,
+        )
+    return {
+        "seeded_messages": opts.purge,
+        "db_bytes_before": db_bytes,
+        "db_bytes_after": db.stat().st_size,
+        "purge": window.result,
+        **window.summary(),
+    }
+
+
+async def _poll(
+    check: Callable[[], Awaitable[T | None]], *, within: float, what: str, every: float = 0.05
+) -> T:
+    """`check`'s first answer other than None, asked every `every` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = await check()
+        if answer is not None:
+            return answer
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the bench gave up waiting for {what} after {within:g} s")
+        await asyncio.sleep(every)
+
+
+async def _positive(value: Awaitable[float]) -> float | None:
+    number = await value
+    return number if number > 0 else None
+
+
+async def _logged(log: Path, marker: str) -> str | None:
+    """The first line of `log` holding `marker`, if it is there yet."""
+    text = await asyncio.to_thread(log.read_text, errors="replace")
+    return next((line for line in text.splitlines() if marker in line), None)
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as a plain-text table."""
     rows = [("phase", "rate/s", "p50 ms", "p95 ms", "p99 ms", "notes")]
@@ -815,6 +923,7 @@ def render(report: dict[str, Any]) -> str:
             f"{backlog['stored_messages']:,} stored, RSS {backlog['daemon_peak_rss_mb']:.0f} MB",
         )
     _window_rows(report.get("backup"), "a backup", add)
+    _window_rows(report.get("purge"), "a purge", add)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -835,11 +944,17 @@ def _window_rows(
     for name in ("before", "during", "after"):
         data = phase[name]
         note = f"max {data['max_ms']:.1f} ms, longest gap {data['longest_gap_ms']:.1f} ms"
-        copied = phase.get("backup")
+        copied, purged = phase.get("backup"), phase.get("purge")
         if name == "during" and copied:
             note += (
                 f"; {copied['messages']:,} messages, {copied['bytes'] / 1e6:,.0f} MB "
                 f"copied in {copied['seconds']:.1f} s"
+            )
+        if name == "during" and purged:
+            note += (
+                f"; {purged['messages']:,.0f} messages purged in {purged['seconds']:.1f} s, "
+                f"file {phase['db_bytes_before'] / 1e6:,.0f} -> "
+                f"{phase['db_bytes_after'] / 1e6:,.0f} MB"
             )
         add(f"accept {name} {what}", data, "rate_per_s", note)
 

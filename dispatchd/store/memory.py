@@ -437,23 +437,7 @@ class MemoryStore:
             for row in self._rows.values()
             if row.msg.status is Status.QUEUED and row.msg.expires_at <= now
         )[:limit]
-        out = []
-        for _, msg_id in due:
-            row = self._rows[msg_id]
-            self._set(
-                row,
-                replace(
-                    row.msg,
-                    status=Status.EXPIRED,
-                    error_code=ErrorCode.EXPIRED.value,
-                    error_detail=_EXPIRED_DETAIL,
-                    next_attempt_at=None,
-                    updated_at=now,
-                ),
-            )
-            self._history(row, Status.EXPIRED, now, _EXPIRED_DETAIL)
-            out.append((msg_id, row.msg.to_number))
-        return out
+        return self._end([i for _, i in due], Status.EXPIRED, ErrorCode.EXPIRED, now)
 
     async def time_out_reports(
         self, sent_before: float, now: float, limit: int
@@ -465,22 +449,21 @@ class MemoryStore:
             for row in self._rows.values()
             if row.msg.status is Status.SENT and row.msg.updated_at <= sent_before
         )[:limit]
-        out = []
-        for _, msg_id in due:
+        return self._end([i for _, i in due], Status.UNKNOWN, ErrorCode.REPORT_TIMEOUT, now)
+
+    def _end(
+        self, ids: list[str], status: Status, code: ErrorCode, now: float
+    ) -> list[tuple[str, str]]:
+        """End unclaimed messages that ran out of time; their (id, number)."""
+        detail = _UNKNOWN_DETAIL if status is Status.UNKNOWN else _EXPIRED_DETAIL
+        for msg_id in ids:
             row = self._rows[msg_id]
-            self._set(
-                row,
-                replace(
-                    row.msg,
-                    status=Status.UNKNOWN,
-                    error_code=ErrorCode.REPORT_TIMEOUT.value,
-                    error_detail=_UNKNOWN_DETAIL,
-                    updated_at=now,
-                ),
+            new = replace(
+                row.msg, status=status, error_code=code.value, error_detail=detail, updated_at=now
             )
-            self._history(row, Status.UNKNOWN, now, _UNKNOWN_DETAIL)
-            out.append((msg_id, row.msg.to_number))
-        return out
+            self._set(row, replace(new, next_attempt_at=None))
+            self._history(row, status, now, detail)
+        return [(i, self._rows[i].msg.to_number) for i in ids]
 
     async def finish(
         self,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dispatchd.devtools import bench
+from dispatchd.store import sqlite as store_mod
 from tests.conftest import DaemonFactory, wait_for
 
 pytestmark = pytest.mark.slow  # load runs, and the CLI in a subprocess
@@ -106,7 +107,7 @@ async def test_backup_phase_measures_accepts_during_a_backup_against_outside_it(
 ) -> None:
     # `--backup`: the daemon copies its database through the control socket while the
     # load runs before, during and after; the report compares the two windows.
-    bench.store_mod.seed_backlog(tmp_path / "bench.db", 5_000)
+    store_mod.seed_backlog(tmp_path / "bench.db", 5_000)
     opts = bench.BenchOptions(
         url=None,
         concurrency=4,
