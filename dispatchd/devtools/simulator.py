@@ -38,31 +38,28 @@ of draws exactly as it was without them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import logging
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
 from dispatchd.config import SimulatorConfig, describe
+from dispatchd.devtools.callbacks import Reporter
 
 logger = logging.getLogger(__name__)
 
 # `(to_number, message)` pairs counted at most; beyond it they are only tallied, so a
 # long-running simulator's memory stays bounded.
 MAX_TRACKED_PAIRS = 200_000
-# How often a hung request checks whether its client has gone.
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 # Keys a provider may not override: they concern the simulator as a whole.
 NOT_PER_PROVIDER = frozenset({"enabled", "smpp_port"})
 WINDOW_KEYS = frozenset({"down_after", "down_for", "flap_period"})
@@ -246,9 +243,8 @@ class SimulatorState:
 
 
 STATE = web.AppKey("simulator_state", SimulatorState)
-SESSION = web.AppKey("simulator_session", aiohttp.ClientSession)
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_callbacks")
-CLOSING = web.AppKey("simulator_closing", asyncio.Event)
+_REPORTER = Reporter(logger)
+CALLBACKS = _REPORTER.callbacks
 
 
 def _bad_request(detail: str) -> web.Response:
@@ -285,7 +281,7 @@ async def _send(request: web.Request) -> web.Response:
         return web.json_response({"error": "Service unavailable"}, status=503)
     if state.chance(settings.hang_rate):
         counts.hung += 1
-        await _hang(request)
+        await _REPORTER.hang(request)
         return web.json_response({"error": "Service unavailable"}, status=503)
     if state.chance(settings.throttle_rate):
         counts.throttled += 1
@@ -304,10 +300,10 @@ async def _send(request: web.Request) -> web.Response:
     if state.keep_received:
         state.received.append({**data, "provider": name, "message_id": message_id})
     reports = state.plan_reports(data["to_number"], settings)
+    post = functools.partial(_post_report, request.app, settings, data["callback_url"], message_id)
     if state.chance(settings.early_callback_rate):
-        await _post_report(request.app, data["callback_url"], reports.pop(0), message_id, settings)
-    if reports:
-        _schedule_reports(request.app, data["callback_url"], reports, message_id, settings)
+        await post(reports.pop(0))
+    _REPORTER.schedule(request.app, f"simulator-callback-{message_id}", settings, reports, post)
     if malformed:
         counts.malformed += 1
         # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -316,68 +312,18 @@ async def _send(request: web.Request) -> web.Response:
     return web.json_response({"message_id": message_id})
 
 
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-def _schedule_reports(
-    app: web.Application, url: str, reports: list[str], message_id: str, s: SimulatorConfig
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, url, reports, message_id, s), name=f"simulator-callback-{message_id}"
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application, url: str, reports: list[str], message_id: str, s: SimulatorConfig
-) -> None:
-    if s.callback_delay:
-        await asyncio.sleep(s.callback_delay)
-    for status in reports:
-        await _post_report(app, url, status, message_id, s)
-
-
 async def _post_report(
-    app: web.Application, url: str, status: str, message_id: str, s: SimulatorConfig
+    app: web.Application, s: SimulatorConfig, url: str, message_id: str, status: str
 ) -> None:
-    """POST one report, retrying for `callback_retry_for` seconds while it is not taken."""
-    stats = app[STATE].stats
+    """POST one `{status, message_id}` report to `url`."""
     payload = {"status": status, "message_id": message_id}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + s.callback_retry_for
-    pause = 0.05
-    while True:
-        try:
-            async with app[SESSION].post(
-                url, json=payload, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                await resp.read()
-                error = f"HTTP {resp.status}" if resp.status >= 500 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the id is logged.
-            logger.warning(
-                "event=simulator_callback_failed message_id=%s error=%s", message_id, error
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
+    await _REPORTER.post(
+        app,
+        app[STATE].stats,
+        s,
+        lambda session: session.post(url, json=payload),
+        f"message_id={message_id}",
+    )
 
 
 # -- control endpoints ----------------------------------------------------------------------
@@ -447,30 +393,11 @@ async def _ready(request: web.Request) -> web.Response:
 # -- the app --------------------------------------------------------------------------------
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending: set[asyncio.Task[None]] = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
-
-
 def make_simulator_app(state: SimulatorState) -> web.Application:
     """Simulated providers at `POST /{name}` (any name works) plus the control endpoints."""
     app = web.Application()
     app[STATE] = state
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     r = app.router
     r.add_get("/readyz", _ready)
     r.add_get("/_faults", _list_faults)

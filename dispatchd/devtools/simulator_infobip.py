@@ -30,23 +30,23 @@ take (no connection or 5xx). Infobip signs no delivery report, so none is signed
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.domain.encoding import segment
 from dispatchd.providers.infobip import AUTH_SCHEME, CALLBACK_DATA_MAX, JSON, SEND_PATH
@@ -59,8 +59,6 @@ DEFAULT_SENDER = "InfoSMS"  # the shared test sender Infobip's quickstart names
 MAX_PARTS = 25  # REJECTED_MESSAGE_TOO_LONG: "more than 25 parts"
 TIME_UNITS = frozenset({"SECONDS", "MINUTES", "HOURS"})
 CONTENT_TYPES = frozenset({JSON, "application/xml"})
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 PRICE = {"pricePerMessage": 0.01, "currency": "EUR"}
 _NUMBER = re.compile(r"\+?[1-9][0-9]{6,14}")
 
@@ -147,9 +145,8 @@ REPORTS: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {
 # Records one violation: the property's path under its message, and what is wrong.
 _Bad = Callable[[str, str], None]
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_infobip_callbacks")
-SESSION = web.AppKey("simulator_infobip_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_infobip_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +184,7 @@ def add_infobip_routes(
 ) -> None:
     """Serve Infobip's SMS API v3 on `app` for these API keys (a set, or a mapping's keys)."""
     dialect = _Dialect(state, frozenset(accounts))
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -279,7 +275,7 @@ class _Dialect:
             return server_error(503)
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return server_error(503)
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -338,10 +334,11 @@ class _Dialect:
         plans = _plans(state, bulk_id, taken, settings)
         if plans and state.chance(settings.early_callback_rate):
             for plan in plans:
-                await _post(app, state, plan.url, plan.rounds.pop(0), settings)
+                await _post(app, state, settings, plan.url, plan.rounds.pop(0))
+        name = f"simulator-infobip-reports-{bulk_id}"
         for plan in plans:
-            if plan.rounds:
-                _schedule(app, state, plan, settings, bulk_id)
+            post = functools.partial(_post, app, state, settings, plan.url)
+            _REPORTER.schedule(app, name, settings, plan.rounds, post)
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -513,94 +510,20 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    plan: _Plan,
-    settings: SimulatorConfig,
-    bulk_id: str,
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, state, plan, settings), name=f"simulator-infobip-reports-{bulk_id}"
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application, state: SimulatorState, plan: _Plan, settings: SimulatorConfig
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for batch in plan.rounds:
-        await _post(app, state, plan.url, batch, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     url: str,
     results: list[dict[str, Any]],
-    settings: SimulatorConfig,
 ) -> None:
-    """POST one batch of results, retrying for `callback_retry_for` seconds."""
+    """POST one batch of results."""
     body = json.dumps({"results": results}).encode()
     headers = {"Content-Type": JSON}
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    while True:
-        try:
-            async with app[SESSION].post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                await resp.read()
-                error = f"HTTP {resp.status}" if resp.status >= 500 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the ids are logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=infobip message_ids=%s error=%s",
-                ",".join(r["messageId"] for r in results),
-                error,
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
-
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no report outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
+    await _REPORTER.post(
+        app,
+        state.stats,
+        settings,
+        lambda session: session.post(url, data=body, headers=headers),
+        "message_ids=" + ",".join(r["messageId"] for r in results),
+    )

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
 import hmac
 import itertools
 import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,7 @@ import aiohttp
 from aiohttp import web
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Opened, Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.domain.encoding import segment
 from dispatchd.providers.plivo import (
@@ -73,17 +74,14 @@ FINAL_REPORTS: Mapping[str, tuple[str, str | None]] = {
 RATE = "0.00500"
 # What a Powerpack picks from its number pool when no `src` is given.
 POOL_SENDER = "14155550100"
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 
 # Plivo strips these from `dst` before it checks the number (send-a-message reference).
 _DST_STRIPPED = re.compile(r"[/\-.+()\s]")
 _DIGITS = re.compile(r"[0-9]{2,15}")
 _SRC_STRIPPED = re.compile(r"[^A-Za-z0-9]")
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_plivo_callbacks")
-SESSION = web.AppKey("simulator_plivo_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_plivo_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +119,7 @@ def add_plivo_routes(
 ) -> None:
     """Serve Plivo's Message API on `app` for `accounts` (auth_id -> auth_token)."""
     dialect = _Dialect(state, dict(accounts))
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -163,7 +160,7 @@ class _Dialect:
             return plivo_error(503, "service unavailable", self._uuid())
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return plivo_error(503, "service unavailable", self._uuid())
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -207,13 +204,14 @@ class _Dialect:
                 data.url, data.method, self._accounts[data.auth_id], _params(message_uuid, data)
             )
             plan = [_Callback(*FINAL_REPORTS[s]) for s in state.plan_reports(to_number, settings)]
+            post = functools.partial(_post, request.app, state, settings, target)
             if state.chance(settings.early_callback_rate):
-                early = plan.pop(0)
-                await _post(request.app, state, target, early, settings)
+                await post(plan.pop(0))
             # Plivo reports `sent` before the final status; after an early final it still
             # comes, late.
             plan.insert(0, _Callback("sent"))
-            _schedule(request.app, state, target, plan, settings)
+            name = f"simulator-plivo-callback-{message_uuid}"
+            _REPORTER.schedule(request.app, name, settings, plan, post)
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -327,43 +325,14 @@ def _params(message_uuid: str, data: _Send) -> dict[str, str]:
     }
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    target: _Target,
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, state, target, plan, settings),
-        name=f"simulator-plivo-callback-{target.params['MessageUUID']}",
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application,
-    state: SimulatorState,
-    target: _Target,
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for callback in plan:
-        await _post(app, state, target, callback, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     target: _Target,
     callback: _Callback,
-    settings: SimulatorConfig,
 ) -> None:
-    """Send one signed status callback, retrying for `callback_retry_for` seconds."""
+    """Send one signed status callback."""
     sequence = next(target.sequence)
     fields = {**target.params, "Status": callback.status, "Sequence": str(sequence)}
     if callback.status == "sent":
@@ -384,77 +353,24 @@ async def _post(
         "User-Agent": "PlivoHTTPClient",
     }
     body = urlencode(fields).encode("ascii")
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    while True:
-        error = await _deliver(app, target, fields, body, headers)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the uuid is logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=plivo message_id=%s error=%s",
-                fields["MessageUUID"],
-                error,
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
+    await _REPORTER.post(
+        app,
+        state.stats,
+        settings,
+        lambda session: _request(session, target, fields, body, headers),
+        f"message_id={fields['MessageUUID']}",
+    )
 
 
-async def _deliver(
-    app: web.Application,
+def _request(
+    session: aiohttp.ClientSession,
     target: _Target,
     fields: dict[str, str],
     body: bytes,
     headers: dict[str, str],
-) -> str | None:
-    """One try at a callback: None if it was taken, else why not."""
-    timeout = aiohttp.ClientTimeout(total=10)
-    session = app[SESSION]
-    try:
-        if target.method == "GET":
-            # The signature covers the URL without its query, so added fields change nothing.
-            request = session.get(target.url, params=fields, headers=headers, timeout=timeout)
-        else:
-            posted = {**headers, "Content-Type": FORM}
-            request = session.post(target.url, data=body, headers=posted, timeout=timeout)
-        async with request as resp:
-            await resp.read()
-            return f"HTTP {resp.status}" if resp.status >= 500 else None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return repr(exc)
-
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
+) -> Opened:
+    """One try at a callback, as `method` asks: the fields in the query, or a form body."""
+    if target.method == "GET":
+        # The signature covers the URL without its query, so added fields change nothing.
+        return session.get(target.url, params=fields, headers=headers)
+    return session.post(target.url, data=body, headers={**headers, "Content-Type": FORM})

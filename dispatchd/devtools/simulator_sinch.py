@@ -33,21 +33,21 @@ after a 5xx or a 429, as Sinch does, and not after another 4xx.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hmac
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.providers.sinch import VALIDITY_MAX
 
@@ -69,8 +69,6 @@ FINAL_REPORTS: Mapping[str, tuple[str, int]] = {
     "invalid": ("Deleted", 0),
 }
 DISPATCHED = ("Dispatched", 401)
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 _MSISDN = re.compile(r"\+?[1-9][0-9]{6,14}")
@@ -78,9 +76,8 @@ _SHORT_CODE = re.compile(r"[0-9]{3,8}")
 _ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _GROUP_ID = re.compile(r"[0-9A-Z]{26}")
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_sinch_callbacks")
-SESSION = web.AppKey("simulator_sinch_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_sinch_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +106,7 @@ def add_sinch_routes(
 ) -> None:
     """Serve Sinch's batches API on `app` for `accounts` (service_plan_id -> api_token)."""
     dialect = _Dialect(state, dict(accounts))
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -155,7 +151,7 @@ class _Dialect:
             return web.Response(status=503)
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return web.Response(status=503)
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -195,15 +191,17 @@ class _Dialect:
                     }
                 )
         if batch.callback_url and batch.delivery_report != "none":
+            name = f"simulator-sinch-callback-{ident}"
             for msisdn in batch.to:
                 plan = [FINAL_REPORTS[s] for s in state.plan_reports(f"+{msisdn}", settings)]
+                post = functools.partial(_post, request.app, state, settings, batch, ident, msisdn)
                 if state.chance(settings.early_callback_rate):
-                    await _post(request.app, state, batch, ident, msisdn, plan.pop(0), settings)
+                    await post(plan.pop(0))
                 if batch.delivery_report == "per_recipient":
                     # Dispatched comes before the final status; after an early final it still
                     # comes, late, as intermediate reports can.
                     plan.insert(0, DISPATCHED)
-                _schedule(request.app, state, batch, ident, msisdn, plan, settings)
+                _REPORTER.schedule(request.app, name, settings, plan, post)
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -367,113 +365,26 @@ def _payload(batch: _Batch, ident: str, msisdn: str, status: str, code: int) -> 
     return payload
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    batch: _Batch,
-    ident: str,
-    msisdn: str,
-    plan: list[tuple[str, int]],
-    settings: SimulatorConfig,
-) -> None:
-    if not plan:
-        return
-    task = asyncio.create_task(
-        _call_back(app, state, batch, ident, msisdn, plan, settings),
-        name=f"simulator-sinch-callback-{ident}",
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application,
-    state: SimulatorState,
-    batch: _Batch,
-    ident: str,
-    msisdn: str,
-    plan: list[tuple[str, int]],
-    settings: SimulatorConfig,
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for report in plan:
-        await _post(app, state, batch, ident, msisdn, report, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     batch: _Batch,
     ident: str,
     msisdn: str,
     report: tuple[str, int],
-    settings: SimulatorConfig,
 ) -> None:
-    """POST one delivery report, retrying for `callback_retry_for` seconds after a 5xx/429."""
-    assert batch.callback_url is not None  # only batches with a callback URL are reported
+    """POST one delivery report; a 429 is retried like a 5xx, as Sinch does."""
+    url = batch.callback_url
+    assert url is not None  # only batches with a callback URL are reported
     status, code = report
     body = json.dumps(_payload(batch, ident, msisdn, status, code)).encode()
     headers = {"Content-Type": "application/json"}
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    while True:
-        try:
-            async with app[SESSION].post(
-                batch.callback_url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=10),
-            ) as resp:
-                await resp.read()
-                retried = resp.status >= 500 or resp.status == 429
-                error = f"HTTP {resp.status}" if retried else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the batch id is logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=sinch batch_id=%s error=%s",
-                ident,
-                error,
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
-
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
+    await _REPORTER.post(
+        app,
+        state.stats,
+        settings,
+        lambda session: session.post(url, data=body, headers=headers),
+        f"batch_id={ident}",
+        retried=(429,),
+    )

@@ -41,16 +41,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
+import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Opened, Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.domain.encoding import segment
 from dispatchd.providers.telnyx import (
@@ -113,8 +115,6 @@ FINAL_REPORTS: Mapping[str, tuple[str, dict[str, str] | None]] = {
         },
     ),
 }
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _SHORT_CODE = re.compile(r"[0-9]{3,8}")
@@ -123,9 +123,8 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # Names the simulator's accounts' profiles and organizations, for stable ids per api_key.
 _NAMESPACE = uuid.UUID("6f1c0d52-4c1e-4a55-9d39-0c2f2f3b8a11")
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_telnyx_callbacks")
-SESSION = web.AppKey("simulator_telnyx_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_telnyx_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +155,7 @@ def add_telnyx_routes(
     private key signing that account's webhooks)."""
     keys = {api_key: private_key(encoded) for api_key, encoded in accounts.items()}
     dialect = _Dialect(state, keys)
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -252,7 +250,7 @@ class _Dialect:
             return _unavailable()
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return _unavailable()
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -303,13 +301,16 @@ class _Dialect:
                 _Event("message.finalized", *FINAL_REPORTS[s])
                 for s in state.plan_reports(data.to, settings)
             ]
+            post = functools.partial(
+                _post, request.app, state, settings, data.webhook_url, key, record
+            )
             if state.chance(settings.early_callback_rate):
-                early = plan.pop(0)
-                await _post(request.app, state, data.webhook_url, key, record, early, settings)
+                await post(plan.pop(0))
             # `message.sent` comes before the final event; after an early final it still
             # comes, late, as Telnyx warns it can.
             plan.insert(0, _Event("message.sent", "sent"))
-            _schedule(request.app, state, data.webhook_url, key, record, plan, settings)
+            name = f"simulator-telnyx-callback-{message_id}"
+            _REPORTER.schedule(request.app, name, settings, plan, post)
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -516,49 +517,16 @@ def _event_payload(record: dict[str, Any], event: _Event, now: float) -> dict[st
     return payload
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    url: str,
-    key: Ed25519PrivateKey,
-    record: dict[str, Any],
-    plan: list[_Event],
-    settings: SimulatorConfig,
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, state, url, key, record, plan, settings),
-        name=f"simulator-telnyx-callback-{record['id']}",
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application,
-    state: SimulatorState,
-    url: str,
-    key: Ed25519PrivateKey,
-    record: dict[str, Any],
-    plan: list[_Event],
-    settings: SimulatorConfig,
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for event in plan:
-        await _post(app, state, url, key, record, event, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     url: str,
     key: Ed25519PrivateKey,
     record: dict[str, Any],
     event: _Event,
-    settings: SimulatorConfig,
 ) -> None:
-    """POST one signed webhook event, retrying for `callback_retry_for` seconds."""
+    """POST one signed webhook event."""
     event_id = str(uuid.UUID(int=state.rng.getrandbits(128), version=4))
     occurred = time.time()
     data = {
@@ -568,75 +536,21 @@ async def _post(
         "payload": _event_payload(record, event, occurred),
         "record_type": "event",
     }
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    attempt = 1
-    while True:
+    attempts = itertools.count(1)
+
+    def request(session: aiohttp.ClientSession) -> Opened:
         # Each try is a new request: its own attempt number, timestamp and signature.
-        body = json.dumps(
-            {"data": data, "meta": {"attempt": attempt, "delivered_to": url}}
-        ).encode()
+        meta = {"attempt": next(attempts), "delivered_to": url}
+        body = json.dumps({"data": data, "meta": meta}).encode()
         stamp = str(int(time.time()))
         headers = {
             "Content-Type": JSON,
             SIGNATURE_HEADER: sign(key, stamp, body),
             TIMESTAMP_HEADER: stamp,
         }
-        try:
-            async with app[SESSION].post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                await resp.read()
-                error = f"HTTP {resp.status}" if resp.status >= 500 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the message id is logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=telnyx message_id=%s error=%s",
-                record["id"],
-                error,
-            )
-            return
-        stats.report_retries += 1
-        attempt += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
+        return session.post(url, data=body, headers=headers)
 
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
+    await _REPORTER.post(app, state.stats, settings, request, f"message_id={record['id']}")
 
 
 def dev_key_pair() -> tuple[str, str]:

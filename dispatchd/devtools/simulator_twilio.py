@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
 import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.domain.encoding import segment
 from dispatchd.providers.twilio import (
@@ -66,17 +66,14 @@ FINAL_REPORTS: Mapping[str, tuple[str, str | None]] = {
     "failed": ("undelivered", "30003"),
     "invalid": ("undelivered", "30005"),
 }
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _SHORT_CODE = re.compile(r"[0-9]{3,8}")
 _ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_twilio_callbacks")
-SESSION = web.AppKey("simulator_twilio_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_twilio_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +99,7 @@ def add_twilio_routes(
 ) -> None:
     """Serve Twilio's Messages API on `app` for `accounts` (AccountSid -> AuthToken)."""
     dialect = _Dialect(state, dict(accounts))
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -143,7 +139,7 @@ class _Dialect:
             return twilio_error(503, 20503, "Service Unavailable")
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return twilio_error(503, 20503, "Service Unavailable")
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -183,13 +179,17 @@ class _Dialect:
             params = _callback_params(sid, data)
             token = self._accounts[data.account_sid]
             plan = [_Callback(*FINAL_REPORTS[s]) for s in state.plan_reports(data.to, settings)]
+            post = functools.partial(
+                _post, request.app, state, settings, data.callback, token, params
+            )
             if state.chance(settings.early_callback_rate):
-                early = plan.pop(0)
-                await _post(request.app, state, data.callback, token, params, early, settings)
+                await post(plan.pop(0))
             # Twilio sends `sent` before the final status; after an early final it still
             # comes, late, as it can from Twilio.
             plan.insert(0, _Callback("sent"))
-            _schedule(request.app, state, data.callback, token, params, plan, settings, sid)
+            _REPORTER.schedule(
+                request.app, f"simulator-twilio-callback-{sid}", settings, plan, post
+            )
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -305,50 +305,16 @@ def _callback_params(sid: str, data: _Send) -> dict[str, str]:
     return params
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    url: str,
-    token: str,
-    params: dict[str, str],
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-    sid: str,
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, state, url, token, params, plan, settings),
-        name=f"simulator-twilio-callback-{sid}",
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application,
-    state: SimulatorState,
-    url: str,
-    token: str,
-    params: dict[str, str],
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for callback in plan:
-        await _post(app, state, url, token, params, callback, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     url: str,
     token: str,
     params: dict[str, str],
     callback: _Callback,
-    settings: SimulatorConfig,
 ) -> None:
-    """POST one signed status callback, retrying for `callback_retry_for` seconds."""
+    """POST one signed status callback."""
     fields = {**params, "MessageStatus": callback.status, "SmsStatus": callback.status}
     if callback.error_code:
         fields["ErrorCode"] = callback.error_code
@@ -360,60 +326,10 @@ async def _post(
         "User-Agent": "TwilioProxy/1.1",
     }
     body = urlencode(fields).encode("ascii")
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    while True:
-        try:
-            async with app[SESSION].post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                await resp.read()
-                error = f"HTTP {resp.status}" if resp.status >= 500 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the sid is logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=twilio message_id=%s error=%s",
-                params["MessageSid"],
-                error,
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
-
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()
+    await _REPORTER.post(
+        app,
+        state.stats,
+        settings,
+        lambda session: session.post(url, data=body, headers=headers),
+        f"message_id={params['MessageSid']}",
+    )

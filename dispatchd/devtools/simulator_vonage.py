@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
 import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from dispatchd.config import SimulatorConfig
+from dispatchd.devtools.callbacks import Opened, Reporter
 from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.domain.encoding import segment
 from dispatchd.providers.vonage import (
@@ -84,16 +85,13 @@ ERROR_DETAILS: Mapping[str, str] = {
     "destination and retry if appropriate.",
 }
 DEFAULT_API_KEY = "abcd1234"
-HANG_POLL = 0.2
-CALLBACK_BACKOFF_MAX = 1.0
 
 _TO = re.compile(r"[1-9][0-9]{6,14}")
 _NUMBER_SENDER = re.compile(r"[1-9][0-9]{2,14}")
 _ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
-CALLBACKS = web.AppKey[set[asyncio.Task[None]]]("simulator_vonage_callbacks")
-SESSION = web.AppKey("simulator_vonage_session", aiohttp.ClientSession)
-CLOSING = web.AppKey("simulator_vonage_closing", asyncio.Event)
+_REPORTER = Reporter(logger, NAME)
+CALLBACKS = _REPORTER.callbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +134,7 @@ def add_vonage_routes(
     """Serve Vonage's Messages API on `app` for `accounts` (application_id or api_key ->
     VonageAccount)."""
     dialect = _Dialect(state, dict(accounts))
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_closing)
+    _REPORTER.install(app)
     app.router.add_post(ROUTE, dialect.send)
 
 
@@ -233,7 +230,7 @@ class _Dialect:
             return vonage_error(503, ERRORS, "Service Unavailable", "Please try again later.")
         if state.chance(settings.hang_rate):
             counts.hung += 1
-            await _hang(request)
+            await _REPORTER.hang(request)
             return vonage_error(503, ERRORS, "Service Unavailable", "Please try again later.")
         if state.chance(settings.throttle_rate):
             counts.throttled += 1
@@ -320,13 +317,14 @@ class _Dialect:
             )
         if data.callback:
             plan = [_Callback(*FINAL_REPORTS[s]) for s in state.plan_reports(data.to, settings)]
+            post = functools.partial(_post, request.app, state, settings, data, message_uuid)
             if state.chance(settings.early_callback_rate):
-                early = plan.pop(0)
-                await _post(request.app, state, data, message_uuid, early, settings)
+                await post(plan.pop(0))
             # Vonage reports `submitted` before the final status; after an early final it
             # still comes, late, as it can from Vonage.
             plan.insert(0, _Callback("submitted"))
-            _schedule(request.app, state, data, message_uuid, plan, settings)
+            name = f"simulator-vonage-callback-{message_uuid}"
+            _REPORTER.schedule(request.app, name, settings, plan, post)
         if malformed:
             counts.malformed += 1
             # Cut short mid-string, as a proxy that dropped the connection would leave it.
@@ -486,78 +484,24 @@ def _status_body(message_uuid: str, data: _Send, callback: _Callback) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
-def _schedule(
-    app: web.Application,
-    state: SimulatorState,
-    data: _Send,
-    message_uuid: str,
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-) -> None:
-    task = asyncio.create_task(
-        _call_back(app, state, data, message_uuid, plan, settings),
-        name=f"simulator-vonage-callback-{message_uuid}",
-    )
-    callbacks = app[CALLBACKS]
-    callbacks.add(task)
-    task.add_done_callback(callbacks.discard)
-
-
-async def _call_back(
-    app: web.Application,
-    state: SimulatorState,
-    data: _Send,
-    message_uuid: str,
-    plan: list[_Callback],
-    settings: SimulatorConfig,
-) -> None:
-    if settings.callback_delay:
-        await asyncio.sleep(settings.callback_delay)
-    for callback in plan:
-        await _post(app, state, data, message_uuid, callback, settings)
-
-
 async def _post(
     app: web.Application,
     state: SimulatorState,
+    settings: SimulatorConfig,
     data: _Send,
     message_uuid: str,
     callback: _Callback,
-    settings: SimulatorConfig,
 ) -> None:
-    """POST one signed status webhook, retrying for `callback_retry_for` seconds."""
+    """POST one signed status webhook."""
     url = data.callback or ""  # only messages with a report URL get here
     body = _status_body(message_uuid, data, callback)
-    stats = state.stats
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.callback_retry_for
-    pause = 0.05
-    while True:
+
+    def request(session: aiohttp.ClientSession) -> Opened:
         # Signed afresh on every try, so a retried webhook's `iat` is never stale.
         headers = {"Content-Type": JSON, "Authorization": f"Bearer {_sign(data.login, body)}"}
-        try:
-            async with app[SESSION].post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                await resp.read()
-                error = f"HTTP {resp.status}" if resp.status >= 500 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = repr(exc)
-        if error is None:
-            stats.reports_sent += 1
-            return
-        if loop.time() + pause > deadline:
-            stats.reports_failed += 1
-            # The URL carries the callback token, so only the message_uuid is logged.
-            logger.warning(
-                "event=simulator_callback_failed provider=vonage message_id=%s error=%s",
-                message_uuid,
-                error,
-            )
-            return
-        stats.report_retries += 1
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, CALLBACK_BACKOFF_MAX)
+        return session.post(url, data=body, headers=headers)
+
+    await _REPORTER.post(app, state.stats, settings, request, f"message_id={message_uuid}")
 
 
 def _sign(login: _Login, body: bytes) -> str:
@@ -570,32 +514,3 @@ def _sign(login: _Login, body: bytes) -> str:
     if login.application_id is not None:
         claims["application_id"] = login.application_id
     return webhook_jwt(login.account.signature_secret, body, claims)
-
-
-async def _hang(request: web.Request) -> None:
-    """Wait until the client gives up or the simulator shuts down."""
-    closing = request.app[CLOSING]
-    while not closing.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), HANG_POLL)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession()
-    app[CALLBACKS] = set()
-    app[CLOSING] = asyncio.Event()
-    yield
-    pending = app[CALLBACKS]
-    for task in list(pending):
-        task.cancel()
-    # Awaited so no callback outlives the session it would post with.
-    await asyncio.gather(*pending, return_exceptions=True)
-    await app[SESSION].close()
-
-
-async def _closing(app: web.Application) -> None:
-    # Runs before the server waits for open requests, so hung ones let go at once.
-    app[CLOSING].set()

@@ -5,31 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
-from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 from dispatchd.devtools.simulator_infobip import CALLBACKS, add_infobip_routes
 from dispatchd.domain.models import Status
-from dispatchd.providers.base import (
-    Accepted,
-    IncomingReport,
-    Outcome,
-    Rejected,
-    Submission,
-    Throttled,
-    Unavailable,
-)
+from dispatchd.providers.base import Accepted, Rejected, Unavailable
 from dispatchd.providers.infobip import Infobip, InfobipSettings
+from tests.providers.simulator_helpers import (
+    UUID4,
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+)
 
 # Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
 pytestmark = pytest.mark.slow
@@ -38,72 +37,39 @@ KEY = "003026bbc133714df1834b8638bb496e-8f4b3d9a-e931-478d-a994-28a725159ab9"
 OTHER_KEY = "another-accounts-key"
 NUMBER = "+41793026727"
 INVALID = "+41793020000"  # the simulator's invalid_suffix
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
+class InfobipCallback(Callback):
+    """One report POST: Infobip batches several results in one."""
 
     @property
     def results(self) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = json.loads(self.body)["results"]
+        results: list[dict[str, Any]] = self.data["results"]
         return results
 
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
+    @property
+    def status(self) -> list[str]:
+        """The POST's status names, in the order it lists them."""
+        return [r["status"]["name"] for r in self.results]
+
+    @property
+    def provider_message_id(self) -> str:
+        """The message id of a POST with one result."""
+        (result,) = self.results
+        message_id: str = result["messageId"]
+        return message_id
 
 
-@dataclass
-class Receiver:
-    """A delivery report endpoint; answers from `script` first, then 200."""
+class Sim(Simulator[Infobip, InfobipCallback]):
+    name = "infobip"
+    pending = CALLBACKS
+    callback_type = InfobipCallback
+    number = NUMBER
+    message_id = "01JABC"
+    report_query = "message=01JABC&token=abc123"
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.script:
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(
-            Callback(
-                str(request.url), dict(request.headers), await request.read(), request.content_type
-            )
-        )
-        return web.Response(status=200)
-
-    def statuses(self) -> list[list[str]]:
-        """Each POST's status names, in the order they came."""
-        return [[r["status"]["name"] for r in c.results] for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
+    def mount(self) -> None:
+        add_infobip_routes(self.app, self.state, {KEY, OTHER_KEY})
 
     def kind(self, **overrides: Any) -> Infobip:
         values: dict[str, Any] = {
@@ -112,18 +78,6 @@ class Sim:
             "from_": "InfoSMS",
         }
         return Infobip(InfobipSettings(**{**values, **overrides}))
-
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        return Submission("01JABC", to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, infobip: Infobip | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        infobip = infobip or self.kind()
-        req = infobip.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, req.url, headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return infobip.classify(resp.status, resp.headers, body), resp
 
     async def post(self, payload: Any, key: str = KEY) -> tuple[int, Any]:
         resp = await self.client.post(
@@ -142,33 +96,13 @@ class Sim:
             **extra,
         }
 
-    async def settled(self, posts: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= posts and not self.app[CALLBACKS],
-            what=f"{posts} report POSTs",
-        )
-        return self.receiver.callbacks
-
 
 SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_post("/report", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/report")) + "?message=01JABC&token=abc123"
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        add_infobip_routes(app, state, {KEY, OTHER_KEY})
-        client = await aiohttp_client(app)
-        return Sim(client, state, receiver, str(client.make_url("")).rstrip("/"), app)
-
-    return start
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -180,7 +114,7 @@ async def test_accepts_and_reports_in_infobips_format(sim: SimFactory) -> None:
     assert resp.status == 200
     assert isinstance(outcome, Accepted)
     assert outcome.provider_message_id is not None
-    assert _UUID.fullmatch(outcome.provider_message_id)
+    assert UUID4.fullmatch(outcome.provider_message_id)
     answer = await resp.json()
     assert answer["bulkId"].isdigit()
     (entry,) = answer["messages"]
@@ -272,8 +206,7 @@ async def test_no_webhook_url_no_reports(sim: SimFactory, webhooks: Any) -> None
     status, answer = await s.post({"messages": [message]})
     assert status == 200
     assert answer["messages"][0]["status"]["groupName"] == "PENDING"
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert_no_reports(s)
 
 
 # -- authentication and validation ------------------------------------------------------------
@@ -319,10 +252,7 @@ async def test_every_configured_key_works_and_the_scheme_is_case_insensitive(
 
 async def test_a_wrong_key_through_the_kind(sim: SimFactory) -> None:
     s = await sim()
-    outcome, resp = await s.send(s.kind(api_key="nope"))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
-    assert s.receiver.callbacks == []
+    await assert_a_wrong_credential_is_a_401(s, s.kind(api_key="nope"))
 
 
 def _without(message: dict[str, Any], *path: str) -> dict[str, Any]:
@@ -422,78 +352,39 @@ async def test_a_text_over_25_parts_is_rejected_too_long(sim: SimFactory) -> Non
 
 
 async def test_throttle_rate_answers_e429(sim: SimFactory) -> None:
-    s = await sim(throttle_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 429
+    _, resp = await assert_throttled(await sim(throttle_rate=1.0))
     assert (await resp.json())["errorCode"] == "E429"
-    assert isinstance(outcome, Throttled)
-    assert s.state.stats.providers["infobip"].throttled == 1
-    assert s.receiver.callbacks == []
 
 
 async def test_faults_are_keyed_by_infobip(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("infobip", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 500
-    assert (await resp.json())["errorCode"] == "E500"
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("infobip", {"down": True}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["infobip"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    failed = await assert_faults_are_keyed_by_name(await sim())
+    assert (await failed.json())["errorCode"] == "E500"
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            req.url,
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["infobip"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 200
-    assert outcome == Accepted(None, 200)
-    await s.settled(1)
-    assert s.receiver.statuses() == [["DELIVERED_TO_HANDSET"]]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 200, [["DELIVERED_TO_HANDSET"]]
+    )
 
 
 async def test_the_report_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The report was taken before the 200 came back.
-    assert s.receiver.statuses() == [["DELIVERED_TO_HANDSET"]]
-    assert isinstance(outcome, Accepted)
-    (callback,) = await s.settled(1)
-    assert callback.results[0]["messageId"] == outcome.provider_message_id
+    # The report is taken before the 200 comes back.
+    await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), [["DELIVERED_TO_HANDSET"]]
+    )
 
 
 async def test_a_duplicate_comes_in_the_same_batch_and_a_contrary_report_before(
     sim: SimFactory,
 ) -> None:
     s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
-    assert s.receiver.statuses() == [
-        ["UNDELIVERABLE_NOT_DELIVERED"],
-        ["DELIVERED_TO_HANDSET", "DELIVERED_TO_HANDSET"],
-    ]
+    outcome, callbacks = await assert_duplicate_and_contrary_reports(
+        s, [["UNDELIVERABLE_NOT_DELIVERED"], ["DELIVERED_TO_HANDSET", "DELIVERED_TO_HANDSET"]]
+    )
     reports = s.kind().parse(callbacks[1].incoming())
     assert [(r.provider_message_id, r.status) for r in reports] == [
         (outcome.provider_message_id, Status.DELIVERED)
@@ -502,11 +393,7 @@ async def test_a_duplicate_comes_in_the_same_batch_and_a_contrary_report_before(
 
 async def test_reports_are_retried_for_callback_retry_for(sim: SimFactory) -> None:
     s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 502]
-    await s.send()
-    await s.settled(1)
-    assert s.receiver.statuses() == [["DELIVERED_TO_HANDSET"]]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(s, [503, 502], [["DELIVERED_TO_HANDSET"]])
     assert s.state.stats.reports_sent == 1
 
 
@@ -544,7 +431,7 @@ async def test_the_official_sdk_sends_to_the_simulator(sim: SimFactory) -> None:
     response = await asyncio.to_thread(send, KEY, "41793026727")
     (message,) = response.messages
     assert message.status.name == "PENDING_ACCEPTED"
-    assert _UUID.fullmatch(message.message_id)
+    assert UUID4.fullmatch(message.message_id)
     with pytest.raises(errors.ApiException) as denied:
         await asyncio.to_thread(send, "wrong", "41793026727")
     assert denied.value.status == 401

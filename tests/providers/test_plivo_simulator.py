@@ -5,40 +5,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import plivo  # type: ignore[import-untyped]
 import plivo.rest.client  # type: ignore[import-untyped]
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from plivo.exceptions import (  # type: ignore[import-untyped]
     AuthenticationError,
     ValidationError,
 )
 from plivo.utils import validate_signature  # type: ignore[import-untyped]
 
-from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 from dispatchd.devtools.simulator_plivo import CALLBACKS, add_plivo_routes
 from dispatchd.domain.models import Status
-from dispatchd.providers.base import (
-    Accepted,
-    IncomingReport,
-    InvalidNumber,
-    Outcome,
-    Rejected,
-    Submission,
-    Throttled,
-    Unavailable,
-)
+from dispatchd.providers.base import Accepted, InvalidNumber, Rejected, Unavailable
 from dispatchd.providers.plivo import Plivo, PlivoSettings
+from tests.providers.simulator_helpers import (
+    UUID4,
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+    basic,
+    final_reports_of_a_failed_and_an_invalid,
+)
 
 AUTH_ID = "MAXXXXXXXXXXXXXXXXXX"
 TOKEN = "secret-token"
@@ -46,47 +46,16 @@ OTHER_ID = "SAYYYYYYYYYYYYYYYYYY"
 SENDER = "14155550100"
 NUMBER = "+14155552671"
 INVALID = "+14155550000"  # the simulator's invalid_suffix
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
 
 
-def basic(login: str, password: str) -> dict[str, str]:
-    credentials = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {credentials}"}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
+class PlivoCallback(Callback):
+    @property
+    def status(self) -> str:
+        return self.params["Status"]
 
     @property
-    def params(self) -> dict[str, str]:
-        if self.method == "GET":
-            return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
-        return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
-
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
+    def provider_message_id(self) -> str:
+        return self.params["MessageUUID"]
 
     def sdk_validates(self, token: str = TOKEN) -> bool:
         return bool(
@@ -99,39 +68,19 @@ class Callback:
         )
 
 
-@dataclass
-class Receiver:
-    """A status callback endpoint; answers from `script` first, then 204."""
+class Sim(Simulator[Plivo, PlivoCallback]):
+    name = "plivo"
+    pending = CALLBACKS
+    callback_type = PlivoCallback
+    number = NUMBER
+    message_id = "01J"
+    answer = 204
+    report_method = "*"  # Plivo calls back with the message's `method`: POST or GET
+    report_paths = ("/providers/plivo/reports",)
+    report_query = "message=01J&token=abc"
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.script:
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(
-            Callback(
-                request.method,
-                str(request.url),
-                dict(request.headers),
-                await request.read(),
-                request.content_type,
-            )
-        )
-        return web.Response(status=204)
-
-    def statuses(self) -> list[str]:
-        return [c.params["Status"] for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
+    def mount(self) -> None:
+        add_plivo_routes(self.app, self.state, {AUTH_ID: TOKEN, OTHER_ID: "other-token"})
 
     def kind(self, **overrides: Any) -> Plivo:
         values: dict[str, Any] = {
@@ -142,18 +91,6 @@ class Sim:
         }
         return Plivo(PlivoSettings(**{**values, **overrides}))
 
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        return Submission("01J", to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, kind: Plivo | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        kind = kind or self.kind()
-        req = kind.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, req.url, headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return kind.classify(resp.status, resp.headers, body), resp
-
     async def post(self, fields: dict[str, Any], auth_id: str = AUTH_ID) -> tuple[int, Any]:
         resp = await self.client.post(
             f"/plivo/v1/Account/{auth_id}/Message/",
@@ -162,33 +99,13 @@ class Sim:
         )
         return resp.status, await resp.json()
 
-    async def settled(self, count: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= count and not self.app[CALLBACKS],
-            what=f"{count} callbacks",
-        )
-        return self.receiver.callbacks
-
 
 SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_route("*", "/providers/plivo/reports", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/providers/plivo/reports")) + "?message=01J&token=abc"
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        add_plivo_routes(app, state, {AUTH_ID: TOKEN, OTHER_ID: "other-token"})
-        client = await aiohttp_client(app)
-        return Sim(client, state, receiver, str(client.make_url("")).rstrip("/"), app)
-
-    return start
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -200,11 +117,11 @@ async def test_accepts_and_reports_in_plivos_format_signed(sim: SimFactory) -> N
     assert resp.status == 202
     assert isinstance(outcome, Accepted)
     assert outcome.provider_message_id is not None
-    assert UUID.fullmatch(outcome.provider_message_id)
+    assert UUID4.fullmatch(outcome.provider_message_id)
     answer = await resp.json()
     assert answer["message"] == "message(s) queued"
     assert answer["message_uuid"] == [outcome.provider_message_id]
-    assert UUID.fullmatch(answer["api_id"])
+    assert UUID4.fullmatch(answer["api_id"])
 
     callbacks = await s.settled(2)
     assert s.receiver.statuses() == ["sent", "delivered"]
@@ -241,12 +158,7 @@ async def test_accepts_and_reports_in_plivos_format_signed(sim: SimFactory) -> N
 
 async def test_failures_and_invalid_numbers_use_plivos_codes(sim: SimFactory) -> None:
     s = await sim(delivered=0.0, failed=1.0)
-    await s.send()
-    await s.send(to=INVALID)
-    callbacks = await s.settled(4)
-    kind = s.kind()
-    finals = [kind.parse(c.incoming())[0] for c in callbacks if c.params["Status"] != "sent"]
-    assert sorted((r.raw_status, r.error_code, r.status) for r in finals) == [
+    assert await final_reports_of_a_failed_and_an_invalid(s, INVALID, "sent") == [
         ("undelivered", "50", Status.INVALID),
         ("undelivered", "80", Status.FAILED),
     ]
@@ -265,8 +177,7 @@ async def test_no_url_no_reports(sim: SimFactory) -> None:
     status, body = await s.post({"src": SENDER, "dst": NUMBER[1:], "text": "hi"})
     assert status == 202
     assert len(body["message_uuid"]) == 1
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert_no_reports(s)
 
 
 async def test_method_get_sends_the_fields_in_the_query(sim: SimFactory) -> None:
@@ -323,10 +234,7 @@ async def test_a_bad_login_is_plivos_401(sim: SimFactory, auth: dict[str, str]) 
 
 async def test_a_wrong_token_through_the_kind(sim: SimFactory) -> None:
     s = await sim()
-    outcome, resp = await s.send(s.kind(auth_token="nope"))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
-    assert s.receiver.callbacks == []
+    await assert_a_wrong_credential_is_a_401(s, s.kind(auth_token="nope"))
 
 
 @pytest.mark.parametrize(
@@ -395,83 +303,43 @@ async def test_a_powerpack_sends_without_src(sim: SimFactory) -> None:
 async def test_throttle_rate_answers_429(sim: SimFactory) -> None:
     s = await sim()
     s.state.set_faults("plivo", {"throttle_rate": 1.0}, replace=False)
-    outcome, resp = await s.send()
-    assert resp.status == 429
+    _, resp = await assert_throttled(s)
     assert set(await resp.json()) == {"api_id", "error"}
-    assert isinstance(outcome, Throttled)
-    assert s.state.stats.providers["plivo"].throttled == 1
-    assert s.receiver.callbacks == []
 
 
 async def test_faults_are_keyed_by_plivo(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("plivo", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 500
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("plivo", {"down": True}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["plivo"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    await assert_faults_are_keyed_by_name(await sim())
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            req.url,
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["plivo"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 202
-    assert outcome == Accepted(None, 202)
-    assert [c.params["Status"] for c in await s.settled(2)] == ["sent", "delivered"]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 202, ["sent", "delivered"]
+    )
 
 
 async def test_the_final_report_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The final report was taken before the 202 came back.
-    assert s.receiver.statuses() == ["delivered"]
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
-    assert s.receiver.statuses() == ["delivered", "sent"]
+    # The final report is taken before the 202 comes back.
+    callbacks = await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), ["sent", "delivered"]
+    )
     assert [c.params["Sequence"] for c in callbacks] == ["1", "2"]
-    assert {c.params["MessageUUID"] for c in callbacks} == {outcome.provider_message_id}
 
 
 async def test_duplicate_and_contrary_reports(sim: SimFactory) -> None:
-    s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    await s.send()
-    callbacks = await s.settled(4)
-    assert s.receiver.statuses() == ["sent", "undelivered", "delivered", "delivered"]
-    kind = s.kind()
-    for callback in callbacks:
-        kind.verify(callback.incoming(), now=0.0)
+    await assert_duplicate_and_contrary_reports(
+        await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0),
+        ["sent", "undelivered", "delivered", "delivered"],
+    )
 
 
 async def test_reports_are_retried_for_callback_retry_for(sim: SimFactory) -> None:
-    s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 503]
-    await s.send()
-    await s.settled(2)
-    assert s.receiver.statuses() == ["sent", "delivered"]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(
+        await sim(callback_retry_for=5.0), [503, 503], ["sent", "delivered"]
+    )
 
 
 # -- the official SDK against the simulator ---------------------------------------------------
@@ -501,7 +369,7 @@ async def test_the_official_sdk_sends_and_validates_against_the_simulator(
     )
     assert response.message == "message(s) queued"
     (message_uuid,) = response.message_uuid
-    assert UUID.fullmatch(message_uuid)
+    assert UUID4.fullmatch(message_uuid)
 
     with pytest.raises(ValidationError, match="is not a valid phone number"):
         await asyncio.to_thread(send, client(TOKEN), dst="1")

@@ -7,14 +7,10 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from sinch import SinchClient  # type: ignore[import-untyped]
 from sinch.core.clients.retry_configuration import (  # type: ignore[import-untyped]
     RetryConfiguration,
@@ -25,20 +21,26 @@ from sinch.domains.sms.sinch_events.v1.sms_sinch_event import (  # type: ignore[
     SmsSinchEvent,
 )
 
-from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 from dispatchd.devtools.simulator_sinch import CALLBACKS, add_sinch_routes, batch_id
 from dispatchd.domain.models import Status
-from dispatchd.providers.base import (
-    Accepted,
-    IncomingReport,
-    Outcome,
-    Rejected,
-    Submission,
-    Throttled,
-    Unavailable,
-)
+from dispatchd.providers.base import Accepted, Rejected, Unavailable
 from dispatchd.providers.sinch import Sinch, SinchSettings
+from tests.providers.simulator_helpers import (
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+    bearer,
+    final_reports_of_a_failed_and_an_invalid,
+)
 
 # Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
 pytestmark = pytest.mark.slow
@@ -50,74 +52,31 @@ SENDER = "+12015555555"
 NUMBER = "+15558675310"
 INVALID = "+15558670000"  # the simulator's invalid_suffix
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
+class SinchCallback(Callback):
+    @property
+    def status(self) -> str:
+        status: str = self.data["status"]
+        return status
 
     @property
-    def data(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.body)
-        return parsed
-
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
+    def provider_message_id(self) -> str:
+        batch: str = self.data["batch_id"]
+        return batch
 
 
-@dataclass
-class Receiver:
-    """A callback endpoint; answers from `script` first, then 204."""
+class Sim(Simulator[Sinch, SinchCallback]):
+    name = "sinch"
+    pending = CALLBACKS
+    callback_type = SinchCallback
+    number = NUMBER
+    message_id = "01JMSG"
+    answer = 204
+    report_query = "message=01JMSG&token=abc123"
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.script:
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(
-            Callback(
-                str(request.url), dict(request.headers), await request.read(), request.content_type
-            )
-        )
-        return web.Response(status=204)
-
-    def statuses(self) -> list[str]:
-        return [c.data["status"] for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
+    def mount(self) -> None:
+        add_sinch_routes(self.app, self.state, {PLAN: TOKEN, OTHER_PLAN: "other-token"})
 
     def kind(self, **overrides: Any) -> Sinch:
         values: dict[str, Any] = {
@@ -128,51 +87,19 @@ class Sim:
         }
         return Sinch(SinchSettings(**{**values, **overrides}))
 
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        return Submission("01JMSG", to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, sinch: Sinch | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        sinch = sinch or self.kind()
-        req = sinch.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, req.url, headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return sinch.classify(resp.status, resp.headers, body), resp
-
     async def post(self, batch: dict[str, Any], plan: str = PLAN, token: str = TOKEN) -> Any:
         resp = await self.client.post(
             f"/sinch/xms/v1/{plan}/batches", json=batch, headers=bearer(token)
         )
         return resp.status, await resp.read()
 
-    async def settled(self, count: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= count and not self.app[CALLBACKS],
-            what=f"{count} callbacks",
-        )
-        return self.receiver.callbacks
-
 
 SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_post("/report", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/report")) + "?message=01JMSG&token=abc123"
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        add_sinch_routes(app, state, {PLAN: TOKEN, OTHER_PLAN: "other-token"})
-        client = await aiohttp_client(app)
-        return Sim(client, state, receiver, str(client.make_url("")).rstrip("/"), app)
-
-    return start
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
 def batch(**fields: Any) -> dict[str, Any]:
@@ -245,12 +172,7 @@ async def test_the_sdk_reads_the_reports(sim: SimFactory) -> None:
 
 async def test_failures_and_invalid_numbers_use_sinchs_statuses(sim: SimFactory) -> None:
     s = await sim(delivered=0.0, failed=1.0)
-    await s.send()
-    await s.send(to=INVALID)
-    callbacks = await s.settled(4)
-    sinch = s.kind()
-    finals = [sinch.parse(c.incoming())[0] for c in callbacks if c.data["status"] != "Dispatched"]
-    assert sorted((r.raw_status, r.error_code, r.status) for r in finals) == [
+    assert await final_reports_of_a_failed_and_an_invalid(s, INVALID, "Dispatched") == [
         ("Aborted", "404", Status.FAILED),
         ("Deleted", "0", Status.INVALID),
     ]
@@ -288,8 +210,7 @@ async def test_no_delivery_report_no_callbacks(sim: SimFactory) -> None:
     assert json.loads(body)["delivery_report"] == "none"
     status, _ = await s.post(batch(delivery_report="none"))
     assert status == 201
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert_no_reports(s)
 
 
 def test_batch_ids_are_ulids() -> None:
@@ -329,10 +250,7 @@ async def test_an_unknown_service_plan_is_a_401(sim: SimFactory) -> None:
 
 async def test_a_wrong_token_through_the_kind(sim: SimFactory) -> None:
     s = await sim()
-    outcome, resp = await s.send(s.kind(api_token="nope"))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
-    assert s.receiver.callbacks == []
+    await assert_a_wrong_credential_is_a_401(s, s.kind(api_token="nope"))
 
 
 def _in(seconds: float) -> str:
@@ -424,79 +342,41 @@ async def test_alphanumeric_and_short_code_senders_are_accepted(sim: SimFactory)
 async def test_throttle_rate_answers_429(sim: SimFactory) -> None:
     s = await sim()
     s.state.set_faults("sinch", {"throttle_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 429
-    assert isinstance(outcome, Throttled)
-    assert s.state.stats.providers["sinch"].throttled == 1
-    assert s.receiver.callbacks == []
+    await assert_throttled(s)
 
 
 async def test_faults_are_keyed_by_sinch(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("sinch", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 500
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("sinch", {"down": True}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["sinch"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    await assert_faults_are_keyed_by_name(await sim())
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            req.url,
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["sinch"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 201
-    assert outcome == Accepted(None, 201)
-    await s.settled(2)
-    assert s.receiver.statuses() == ["Dispatched", "Delivered"]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 201, ["Dispatched", "Delivered"]
+    )
 
 
 async def test_the_final_report_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The final report was taken before the 201 came back.
-    assert s.receiver.statuses() == ["Delivered"]
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
-    assert s.receiver.statuses() == ["Delivered", "Dispatched"]
-    assert {c.data["batch_id"] for c in callbacks} == {outcome.provider_message_id}
+    # The final report is taken before the 201 comes back.
+    await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), ["Dispatched", "Delivered"]
+    )
 
 
 async def test_duplicate_and_contrary_reports(sim: SimFactory) -> None:
-    s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    await s.send()
-    await s.settled(4)
-    assert s.receiver.statuses() == ["Dispatched", "Aborted", "Delivered", "Delivered"]
+    await assert_duplicate_and_contrary_reports(
+        await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0),
+        ["Dispatched", "Aborted", "Delivered", "Delivered"],
+    )
 
 
 async def test_reports_are_retried_after_5xx_and_429(sim: SimFactory) -> None:
-    s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 429]
-    await s.send()
-    await s.settled(2)
-    assert s.receiver.statuses() == ["Dispatched", "Delivered"]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(
+        await sim(callback_retry_for=5.0), [503, 429], ["Dispatched", "Delivered"]
+    )
 
 
 async def test_reports_are_not_retried_after_another_4xx(sim: SimFactory) -> None:

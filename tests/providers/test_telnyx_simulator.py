@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import random
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 import telnyx
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 
 from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
+from dispatchd.devtools.simulator import SimulatorState
 from dispatchd.devtools.simulator_telnyx import (
     CALLBACKS,
     DEV_PRIVATE_KEY,
@@ -36,15 +30,29 @@ from dispatchd.domain.models import Status
 from dispatchd.providers.base import (
     Accepted,
     ForgedReport,
-    IncomingReport,
     InvalidNumber,
-    Outcome,
     Rejected,
-    Submission,
-    Throttled,
     Unavailable,
 )
 from dispatchd.providers.telnyx import Telnyx, TelnyxSettings
+from tests.providers.simulator_helpers import (
+    QUIET,
+    UUID4,
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+    bearer,
+    final_reports_of_a_failed_and_an_invalid,
+)
 
 # Its SDK oracle takes seconds to import: left out of `make unit`, run by `make test`.
 pytestmark = pytest.mark.slow
@@ -57,81 +65,37 @@ PROFILE = "83d2343b-553f-4c5f-b8c8-fd27004f94bf"
 NUMBER = "+13125550002"
 INVALID = "+13125550000"  # the simulator's invalid_suffix
 MESSAGE_ID = "0190d8a5-7c3e-7a41-9e2b-5f6a7b8c9d0e"
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
-
+class TelnyxCallback(Callback):
     @property
     def event(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.body)["data"]
-        return data
+        event: dict[str, Any] = self.data["data"]
+        return event
 
     @property
     def status(self) -> str:
         status: str = self.event["payload"]["to"][0]["status"]
         return status
 
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
+    @property
+    def provider_message_id(self) -> str:
+        message_id: str = self.event["payload"]["id"]
+        return message_id
 
 
-@dataclass
-class Receiver:
-    """A webhook endpoint; answers from `script` first, then 200."""
+class Sim(Simulator[Telnyx, TelnyxCallback]):
+    name = "telnyx"
+    pending = CALLBACKS
+    callback_type = TelnyxCallback
+    number = NUMBER
+    message_id = MESSAGE_ID
+    report_query = f"message={MESSAGE_ID}&token=abc123"
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-    refused: list[Callback] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        callback = Callback(
-            str(request.url), dict(request.headers), await request.read(), request.content_type
+    def mount(self) -> None:
+        add_telnyx_routes(
+            self.app, self.state, {API_KEY: DEV_PRIVATE_KEY, OTHER_KEY: OTHER_PRIVATE}
         )
-        if self.script:
-            self.refused.append(callback)
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(callback)
-        return web.Response(status=200)
-
-    def statuses(self) -> list[str]:
-        return [c.status for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
 
     def kind(self, **overrides: Any) -> Telnyx:
         values: dict[str, Any] = {
@@ -142,55 +106,22 @@ class Sim:
         }
         return Telnyx(TelnyxSettings(**{**values, **overrides}))
 
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        kw.setdefault("message_id", MESSAGE_ID)
-        return Submission(kw.pop("message_id"), to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, kind: Telnyx | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        kind = kind or self.kind()
-        req = kind.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, req.url, headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return kind.classify(resp.status, resp.headers, body), resp
-
     async def post(self, fields: Any, **headers: str) -> tuple[int, Any]:
         resp = await self.client.post(
             "/telnyx/v2/messages", json=fields, headers={**bearer(API_KEY), **headers}
         )
         return resp.status, await resp.json()
 
-    async def settled(self, count: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= count and not self.app[CALLBACKS],
-            what=f"{count} callbacks",
-        )
-        return self.receiver.callbacks
-
 
 SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_post("/report", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/report")) + f"?message={MESSAGE_ID}&token=abc123"
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        add_telnyx_routes(app, state, {API_KEY: DEV_PRIVATE_KEY, OTHER_KEY: OTHER_PRIVATE})
-        client = await aiohttp_client(app)
-        return Sim(client, state, receiver, str(client.make_url("")).rstrip("/"), app)
-
-    return start
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
-def assert_signed_by(callback: Callback, public_key: str) -> None:
+def assert_signed_by(callback: TelnyxCallback, public_key: str) -> None:
     """Both of the SDK's verifiers and ours accept the callback under `public_key`."""
     verify_webhook_signature(callback.body, callback.headers, public_key)
     client = telnyx.Telnyx(api_key="unused", public_key=public_key)
@@ -228,7 +159,7 @@ async def test_accepts_and_reports_in_telnyxs_format_signed(sim: SimFactory) -> 
     assert resp.status == 200
     assert isinstance(outcome, Accepted)
     assert outcome.provider_message_id is not None
-    assert UUID.fullmatch(outcome.provider_message_id)
+    assert UUID4.fullmatch(outcome.provider_message_id)
     record = (await resp.json())["data"]
     assert (record["record_type"], record["direction"], record["type"]) == (
         "message",
@@ -251,7 +182,7 @@ async def test_accepts_and_reports_in_telnyxs_format_signed(sim: SimFactory) -> 
         document = json.loads(callback.body)
         assert document["meta"] == {"attempt": 1, "delivered_to": s.receiver.url}
         assert document["data"]["record_type"] == "event"
-        assert UUID.fullmatch(document["data"]["id"])
+        assert UUID4.fullmatch(document["data"]["id"])
         assert callback.event["payload"]["id"] == outcome.provider_message_id
         assert callback.headers["telnyx-timestamp"].isdigit()
         assert_signed_by(callback, DEV_PUBLIC_KEY)
@@ -269,12 +200,10 @@ async def test_accepts_and_reports_in_telnyxs_format_signed(sim: SimFactory) -> 
 
 async def test_failures_and_invalid_numbers_use_telnyxs_codes(sim: SimFactory) -> None:
     s = await sim(delivered=0.0, failed=1.0)
-    await s.send()
-    await s.send(to=INVALID, message_id="0190d8a5-7c3e-7a41-9e2b-000000000002")
-    callbacks = await s.settled(4)
-    kind = s.kind()
-    finals = [kind.parse(c.incoming())[0] for c in callbacks if c.status != "sent"]
-    assert sorted((r.raw_status, r.error_code, r.status) for r in finals) == [
+    finals = await final_reports_of_a_failed_and_an_invalid(
+        s, INVALID, "sent", message_id="0190d8a5-7c3e-7a41-9e2b-000000000002"
+    )
+    assert finals == [
         ("delivery_failed", "40006", Status.FAILED),
         ("delivery_failed", "40012", Status.INVALID),
     ]
@@ -297,9 +226,8 @@ async def test_no_webhook_url_no_reports(sim: SimFactory) -> None:
     s = await sim()
     status, body = await s.post({"to": NUMBER, "from": SENDER, "text": "hi"})
     assert status == 200
-    assert UUID.fullmatch(body["data"]["id"])
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert UUID4.fullmatch(body["data"]["id"])
+    assert_no_reports(s)
 
 
 async def test_each_account_signs_with_its_own_key(sim: SimFactory) -> None:
@@ -344,10 +272,7 @@ async def test_a_bad_api_key_is_telnyxs_401(sim: SimFactory, auth: dict[str, str
 
 async def test_a_wrong_key_through_the_kind(sim: SimFactory) -> None:
     s = await sim()
-    outcome, resp = await s.send(s.kind(api_key="KEY_nope"))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
-    assert s.receiver.callbacks == []
+    await assert_a_wrong_credential_is_a_401(s, s.kind(api_key="KEY_nope"))
 
 
 @pytest.mark.parametrize(
@@ -464,84 +389,53 @@ async def test_a_malformed_key_is_a_bad_request(sim: SimFactory) -> None:
 async def test_throttle_rate_answers_429_with_the_rate_limit_headers(sim: SimFactory) -> None:
     s = await sim()
     s.state.set_faults("telnyx", {"throttle_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 429
+    outcome, resp = await assert_throttled(s)
     assert (await resp.json())["errors"][0]["code"] == "10011"
     assert resp.headers["x-ratelimit-remaining"] == "0"
-    assert isinstance(outcome, Throttled)
     assert outcome.retry_after == 1.0
-    assert s.state.stats.providers["telnyx"].throttled == 1
-    assert s.receiver.callbacks == []
 
 
 async def test_faults_are_keyed_by_telnyx(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("telnyx", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send(message_id="0190d8a5-7c3e-7a41-9e2b-000000000003")
-    assert resp.status == 500
-    assert (await resp.json())["errors"][0]["code"] == "10007"
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("telnyx", {"down": True}, replace=True)
-    outcome, resp = await s.send(message_id="0190d8a5-7c3e-7a41-9e2b-000000000004")
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["telnyx"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    # Each try is another message: the same key again would be a replay of the first answer.
+    failed = await assert_faults_are_keyed_by_name(
+        await sim(),
+        message_ids=(
+            MESSAGE_ID,
+            "0190d8a5-7c3e-7a41-9e2b-000000000003",
+            "0190d8a5-7c3e-7a41-9e2b-000000000004",
+        ),
+    )
+    assert (await failed.json())["errors"][0]["code"] == "10007"
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            req.url,
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["telnyx"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 200
-    assert outcome == Accepted(None, 200)
-    assert [c.status for c in await s.settled(2)] == ["sent", "delivered"]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 200, ["sent", "delivered"]
+    )
 
 
 async def test_the_final_event_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The finalized event was taken before the 200 came back.
-    assert s.receiver.statuses() == ["delivered"]
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
+    # The finalized event is taken before the 200 comes back.
+    callbacks = await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), ["sent", "delivered"]
+    )
     assert [c.event["event_type"] for c in callbacks] == ["message.finalized", "message.sent"]
-    assert {c.event["payload"]["id"] for c in callbacks} == {outcome.provider_message_id}
 
 
 async def test_duplicate_and_contrary_events(sim: SimFactory) -> None:
-    s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    await s.send()
-    callbacks = await s.settled(4)
-    assert s.receiver.statuses() == ["sent", "delivery_failed", "delivered", "delivered"]
-    for callback in callbacks:
-        s.kind().verify(callback.incoming(), time.time())
+    await assert_duplicate_and_contrary_reports(
+        await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0),
+        ["sent", "delivery_failed", "delivered", "delivered"],
+    )
 
 
 async def test_events_are_retried_and_each_try_is_signed_afresh(sim: SimFactory) -> None:
     s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 503]
-    await s.send()
-    await s.settled(2)
-    assert s.receiver.statuses() == ["sent", "delivered"]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(s, [503, 503], ["sent", "delivered"])
     tries = [*s.receiver.refused, s.receiver.callbacks[0]]
     assert [json.loads(c.body)["meta"]["attempt"] for c in tries] == [1, 2, 3]
     assert len({c.headers["telnyx-signature-ed25519"] for c in tries}) == 3
@@ -568,7 +462,7 @@ async def test_the_official_sdk_sends_and_verifies_against_the_simulator(sim: Si
         )
         assert sent.data is not None
         assert sent.data.id is not None
-        assert UUID.fullmatch(sent.data.id)
+        assert UUID4.fullmatch(sent.data.id)
         assert sent.data.to is not None
         assert (sent.data.to[0].status, sent.data.to[0].phone_number) == ("queued", NUMBER)
 

@@ -2,40 +2,37 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
 from twilio.http.async_http_client import AsyncTwilioHttpClient  # type: ignore[import-untyped]
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 from twilio.rest import Client  # type: ignore[import-untyped]
 
-from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 from dispatchd.devtools.simulator_twilio import CALLBACKS, add_twilio_routes
 from dispatchd.domain.models import Status
-from dispatchd.providers.base import (
-    Accepted,
-    IncomingReport,
-    InvalidNumber,
-    Outcome,
-    Rejected,
-    Submission,
-    Throttled,
-    Unavailable,
-)
+from dispatchd.providers.base import Accepted, InvalidNumber, Rejected, Unavailable
 from dispatchd.providers.twilio import Twilio, TwilioSettings
+from tests.providers.simulator_helpers import (
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+    basic,
+    final_reports_of_a_failed_and_an_invalid,
+)
 
 SID = "AC" + "1" * 32
 TOKEN = "secret-token"
@@ -44,74 +41,28 @@ SENDER = "+15017122661"
 SERVICE = "MG" + "3" * 32
 NUMBER = "+15558675310"
 INVALID = "+15558670000"  # the simulator's invalid_suffix
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
 
 
-def basic(login: str, password: str) -> dict[str, str]:
-    credentials = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {credentials}"}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
+class TwilioCallback(Callback):
+    @property
+    def status(self) -> str:
+        return self.params["MessageStatus"]
 
     @property
-    def params(self) -> dict[str, str]:
-        return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
-
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
+    def provider_message_id(self) -> str:
+        return self.params["MessageSid"]
 
 
-@dataclass
-class Receiver:
-    """A status callback endpoint; answers from `script` first, then 204."""
+class Sim(Simulator[Twilio, TwilioCallback]):
+    name = "twilio"
+    pending = CALLBACKS
+    callback_type = TwilioCallback
+    number = NUMBER
+    message_id = "01J"
+    answer = 204
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.script:
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(
-            Callback(
-                str(request.url), dict(request.headers), await request.read(), request.content_type
-            )
-        )
-        return web.Response(status=204)
-
-    def statuses(self) -> list[str]:
-        return [c.params["MessageStatus"] for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
+    def mount(self) -> None:
+        add_twilio_routes(self.app, self.state, {SID: TOKEN, OTHER_SID: "other-token"})
 
     def kind(self, **overrides: Any) -> Twilio:
         values: dict[str, Any] = {
@@ -122,18 +73,6 @@ class Sim:
         }
         return Twilio(TwilioSettings(**{**values, **overrides}))
 
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        return Submission("01J", to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, twilio: Twilio | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        twilio = twilio or self.kind()
-        req = twilio.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, req.url, headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return twilio.classify(resp.status, resp.headers, body), resp
-
     async def post(self, fields: dict[str, str]) -> Any:
         resp = await self.client.post(
             f"/twilio/2010-04-01/Accounts/{SID}/Messages.json",
@@ -142,51 +81,13 @@ class Sim:
         )
         return resp.status, await resp.json()
 
-    async def settled(self, count: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= count and not self.app[CALLBACKS],
-            what=f"{count} callbacks",
-        )
-        return self.receiver.callbacks
-
 
 SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_post("/report", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/report")) + "?token=abc123"
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        add_twilio_routes(app, state, {SID: TOKEN, OTHER_SID: "other-token"})
-        client = await aiohttp_client(app)
-        return Sim(client, state, receiver, str(client.make_url("")).rstrip("/"), app)
-
-    return start
-
-
-def with_throttle(state: SimulatorState, rate: float) -> None:
-    """Set `throttle_rate` for twilio, whether or not SimulatorConfig has the key yet."""
-    if "throttle_rate" in SimulatorConfig.model_fields:
-        state.set_faults("twilio", {"throttle_rate": rate}, replace=False)
-        return
-    original = state.settings_for
-
-    class Settings:
-        def __init__(self, inner: SimulatorConfig) -> None:
-            self._inner = inner
-            self.throttle_rate = rate
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
-
-    state.settings_for = lambda name: Settings(original(name))  # type: ignore[method-assign, assignment, return-value]
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -229,14 +130,7 @@ async def test_accepts_and_reports_in_twilios_format_signed(sim: SimFactory) -> 
 
 async def test_failures_and_invalid_numbers_use_twilios_codes(sim: SimFactory) -> None:
     s = await sim(delivered=0.0, failed=1.0)
-    await s.send()
-    await s.send(to=INVALID)
-    callbacks = await s.settled(4)
-    twilio = s.kind()
-    finals = [
-        twilio.parse(c.incoming())[0] for c in callbacks if c.params["MessageStatus"] != "sent"
-    ]
-    assert sorted((r.raw_status, r.error_code, r.status) for r in finals) == [
+    assert await final_reports_of_a_failed_and_an_invalid(s, INVALID, "sent") == [
         ("undelivered", "30003", Status.FAILED),
         ("undelivered", "30005", Status.INVALID),
     ]
@@ -259,8 +153,7 @@ async def test_no_status_callback_no_reports(sim: SimFactory) -> None:
     status, body = await s.post({"To": NUMBER, "From": SENDER, "Body": "hi"})
     assert status == 201
     assert body["sid"].startswith("SM")
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert_no_reports(s)
 
 
 # -- authentication and validation ------------------------------------------------------------
@@ -295,10 +188,7 @@ async def test_a_bad_login_is_twilios_401(sim: SimFactory, auth: dict[str, str])
 
 async def test_a_wrong_token_through_the_kind(sim: SimFactory) -> None:
     s = await sim()
-    outcome, resp = await s.send(s.kind(auth_token="nope"))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
-    assert s.receiver.callbacks == []
+    await assert_a_wrong_credential_is_a_401(s, s.kind(auth_token="nope"))
 
 
 @pytest.mark.parametrize(
@@ -347,83 +237,44 @@ async def test_alphanumeric_and_short_code_senders_are_accepted(sim: SimFactory)
 
 async def test_throttle_rate_answers_20429(sim: SimFactory) -> None:
     s = await sim()
-    with_throttle(s.state, 1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 429
+    s.state.set_faults("twilio", {"throttle_rate": 1.0}, replace=False)
+    _, resp = await assert_throttled(s)
     assert (await resp.json())["code"] == 20429
-    assert isinstance(outcome, Throttled)
-    assert s.receiver.callbacks == []
 
 
 async def test_faults_are_keyed_by_twilio(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("provider1", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 500
-    assert (await resp.json())["code"] == 20500
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("twilio", {"down": True}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["twilio"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    failed = await assert_faults_are_keyed_by_name(await sim(), other="provider1")
+    assert (await failed.json())["code"] == 20500
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            req.url,
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["twilio"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 201
-    assert outcome == Accepted(None, 201)
-    assert [c.params["MessageStatus"] for c in await s.settled(2)] == ["sent", "delivered"]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 201, ["sent", "delivered"]
+    )
 
 
 async def test_the_final_report_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The final report was taken before the 201 came back.
-    assert s.receiver.statuses() == ["delivered"]
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
-    assert s.receiver.statuses() == ["delivered", "sent"]
-    assert {c.params["MessageSid"] for c in callbacks} == {outcome.provider_message_id}
+    # The final report is taken before the 201 comes back.
+    await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), ["sent", "delivered"]
+    )
 
 
 async def test_duplicate_and_contrary_reports(sim: SimFactory) -> None:
-    s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    await s.send()
-    callbacks = await s.settled(4)
-    assert s.receiver.statuses() == ["sent", "undelivered", "delivered", "delivered"]
-    twilio = s.kind()
-    for callback in callbacks:
-        twilio.verify(callback.incoming(), now=0.0)
+    await assert_duplicate_and_contrary_reports(
+        await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0),
+        ["sent", "undelivered", "delivered", "delivered"],
+    )
 
 
 async def test_reports_are_retried_for_callback_retry_for(sim: SimFactory) -> None:
-    s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 503]
-    await s.send()
-    await s.settled(2)
-    assert s.receiver.statuses() == ["sent", "delivered"]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(
+        await sim(callback_retry_for=5.0), [503, 503], ["sent", "delivered"]
+    )
 
 
 # -- the official SDK against the simulator ---------------------------------------------------

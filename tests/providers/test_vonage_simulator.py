@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import json
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import jwt  # PyJWT
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from vonage_jwt import JwtClient, verify_signature  # type: ignore[import-untyped]
 
-from dispatchd.config import SimulatorConfig
-from dispatchd.devtools.simulator import SimulatorState, make_simulator_app
 from dispatchd.devtools.simulator_vonage import (
     CALLBACKS,
     VonageAccount,
@@ -31,17 +22,26 @@ from dispatchd.devtools.simulator_vonage import (
     public_key_pem,
 )
 from dispatchd.domain.models import Status
-from dispatchd.providers.base import (
-    Accepted,
-    IncomingReport,
-    InvalidNumber,
-    Outcome,
-    Rejected,
-    Submission,
-    Throttled,
-    Unavailable,
-)
+from dispatchd.providers.base import Accepted, InvalidNumber, Rejected, Unavailable
 from dispatchd.providers.vonage import DEFAULT_URL, Vonage, VonageSettings, application_jwt
+from tests.providers.simulator_helpers import (
+    UUID4,
+    Callback,
+    Simulator,
+    StartSimulator,
+    assert_a_hung_request_is_left_unanswered,
+    assert_a_malformed_answer_is_still_reported,
+    assert_a_wrong_credential_is_a_401,
+    assert_duplicate_and_contrary_reports,
+    assert_faults_are_keyed_by_name,
+    assert_no_reports,
+    assert_refused_reports_are_retried,
+    assert_the_final_report_can_come_first,
+    assert_throttled,
+    basic,
+    bearer,
+    final_reports_of_a_failed_and_an_invalid,
+)
 
 
 def pem_of(key: rsa.RSAPrivateKey) -> str:
@@ -62,49 +62,22 @@ BASIC_SECRET = "fedcba9876543210fedcba9876543210"
 SENDER = "447700900001"
 NUMBER = "+447700900123"
 INVALID = "+447700900000"  # the simulator's invalid_suffix
-QUIET = {
-    "latency": 0.0,
-    "callback_delay": 0.0,
-    "failure_rate": 0.0,
-    "delivered": 1.0,
-    "failed": 0.0,
-    "invalid": 0.0,
-}
 # Built once: loading an RSA private key validates it, which is slow.
 JWT_SETTINGS = VonageSettings(
     from_=SENDER, signature_secret=SECRET, application_id=APP_ID, private_key=PEM
 )
 
 
-def basic(login: str, password: str) -> dict[str, str]:
-    credentials = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {credentials}"}
-
-
-def bearer(token: str | bytes) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token.decode() if isinstance(token, bytes) else token}"}
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class Callback:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    content_type: str
+class VonageCallback(Callback):
+    @property
+    def status(self) -> str:
+        status: str = self.data["status"]
+        return status
 
     @property
-    def data(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.body)
-        return result
+    def provider_message_id(self) -> str:
+        uuid_: str = self.data["message_uuid"]
+        return uuid_
 
     @property
     def token(self) -> str:
@@ -112,42 +85,27 @@ class Callback:
         assert scheme == "Bearer"
         return token
 
-    def incoming(self) -> IncomingReport:
-        return IncomingReport(self.url, self.headers, self.body, self.content_type)
 
+class Sim(Simulator[Vonage, VonageCallback]):
+    name = "vonage"
+    pending = CALLBACKS
+    callback_type = VonageCallback
+    number = NUMBER
+    message_id = "01JABCDEF"
+    report_paths = ("/report", "/status")
+    report_query = "message=01JABCDEF&token=abc123"
 
-@dataclass
-class Receiver:
-    """A status webhook endpoint; answers from `script` first, then 200."""
+    @property
+    def status_url(self) -> str:
+        """The Basic account's own webhook URL, for messages that name none."""
+        return str(self.reports.make_url("/status"))
 
-    url: str = ""
-    callbacks: list[Callback] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.tokens.append(request.headers.get("Authorization", ""))
-        if self.script:
-            return web.Response(status=self.script.pop(0))
-        self.callbacks.append(
-            Callback(
-                str(request.url), dict(request.headers), await request.read(), request.content_type
-            )
-        )
-        return web.Response(status=200)
-
-    def statuses(self) -> list[str]:
-        return [c.data["status"] for c in self.callbacks]
-
-
-@dataclass
-class Sim:
-    client: TestClient[Any, Any]
-    state: SimulatorState
-    receiver: Receiver
-    base: str
-    app: web.Application
-    status_url: str
+    def mount(self) -> None:
+        accounts = {
+            APP_ID: VonageAccount(SECRET, public_key=public_key_pem(PEM), api_key="a1b2c3d"),
+            API_KEY: VonageAccount(BASIC_SECRET, api_secret=API_SECRET, status_url=self.status_url),
+        }
+        add_vonage_routes(self.app, self.state, accounts)
 
     def kind(self, settings: VonageSettings | None = None, **overrides: Any) -> Vonage:
         """A vonage kind with JWT_SETTINGS, `settings`, or Basic settings with `overrides`."""
@@ -166,18 +124,6 @@ class Sim:
         """`url` on the simulator (JWT_SETTINGS keep the public default, parsed once)."""
         return url.replace(DEFAULT_URL, f"{self.base}/vonage")
 
-    def submission(self, to: str = NUMBER, body: str = "hello", **kw: Any) -> Submission:
-        return Submission("01JABCDEF", to, body, 1, self.receiver.url, **kw)
-
-    async def send(self, vonage: Vonage | None = None, **kw: Any) -> tuple[Outcome, Any]:
-        vonage = vonage or self.kind()
-        req = vonage.request(self.submission(**kw))
-        async with self.client.session.request(
-            req.method, self.local(req.url), headers=dict(req.headers), data=req.body
-        ) as resp:
-            body = await resp.read()
-            return vonage.classify(resp.status, resp.headers, body), resp
-
     async def post(self, fields: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         resp = await self.client.post(
             "/vonage/v1/messages",
@@ -188,13 +134,6 @@ class Sim:
             },
         )
         return resp.status, await resp.json(content_type=None), resp
-
-    async def settled(self, count: int) -> list[Callback]:
-        await eventually(
-            lambda: len(self.receiver.callbacks) >= count and not self.app[CALLBACKS],
-            what=f"{count} callbacks",
-        )
-        return self.receiver.callbacks
 
 
 def message(**overrides: Any) -> dict[str, Any]:
@@ -212,28 +151,8 @@ SimFactory = Callable[..., Awaitable[Sim]]
 
 
 @pytest.fixture
-async def sim(aiohttp_client: Any, aiohttp_server: Any) -> SimFactory:
-    async def start(**settings: Any) -> Sim:
-        receiver = Receiver()
-        reports = web.Application()
-        reports.router.add_post("/report", receiver.handle)
-        reports.router.add_post("/status", receiver.handle)
-        server = await aiohttp_server(reports)
-        receiver.url = str(server.make_url("/report")) + "?message=01JABCDEF&token=abc123"
-        status_url = str(server.make_url("/status"))
-        state = SimulatorState(SimulatorConfig(**{**QUIET, **settings}), random.Random(5))
-        # Mounted the way the daemon does: on the simulator's own app.
-        app = make_simulator_app(state)
-        accounts = {
-            APP_ID: VonageAccount(SECRET, public_key=public_key_pem(PEM), api_key="a1b2c3d"),
-            API_KEY: VonageAccount(BASIC_SECRET, api_secret=API_SECRET, status_url=status_url),
-        }
-        add_vonage_routes(app, state, accounts)
-        client = await aiohttp_client(app)
-        base = str(client.make_url("")).rstrip("/")
-        return Sim(client, state, receiver, base, app, status_url)
-
-    return start
+def sim(simulator: StartSimulator) -> SimFactory:
+    return lambda **settings: simulator(Sim, **settings)
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -246,9 +165,7 @@ async def test_accepts_and_reports_in_vonages_format_signed(sim: SimFactory) -> 
     assert isinstance(outcome, Accepted)
     uuid_ = outcome.provider_message_id
     assert uuid_ is not None
-    assert re.fullmatch(
-        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", uuid_
-    )
+    assert UUID4.fullmatch(uuid_)
 
     callbacks = await s.settled(2)
     assert s.receiver.statuses() == ["submitted", "delivered"]
@@ -284,16 +201,11 @@ async def test_accepts_and_reports_in_vonages_format_signed(sim: SimFactory) -> 
 
 async def test_failures_and_invalid_numbers_use_vonages_codes(sim: SimFactory) -> None:
     s = await sim(delivered=0.0, failed=1.0)
-    await s.send()
-    await s.send(to=INVALID)
-    callbacks = await s.settled(4)
-    vonage = s.kind()
-    finals = [vonage.parse(c.incoming())[0] for c in callbacks if c.data["status"] != "submitted"]
-    assert sorted((r.raw_status, r.error_code, r.status) for r in finals) == [
+    assert await final_reports_of_a_failed_and_an_invalid(s, INVALID, "submitted") == [
         ("rejected", "1330", Status.FAILED),
         ("undeliverable", "1190", Status.INVALID),
     ]
-    errors = [c.data["error"] for c in callbacks if "error" in c.data]
+    errors = [c.data["error"] for c in s.receiver.callbacks if "error" in c.data]
     assert {e["type"].rpartition("#")[2] for e in errors} == {e["title"] for e in errors}
 
 
@@ -336,8 +248,7 @@ async def test_no_url_anywhere_no_reports(sim: SimFactory) -> None:
     )
     assert status == 202
     assert body["message_uuid"]
-    assert not s.app[CALLBACKS]
-    assert s.receiver.callbacks == []
+    assert_no_reports(s)
 
 
 # -- authentication and validation ------------------------------------------------------------
@@ -406,9 +317,7 @@ async def test_a_wrong_private_key_through_the_kind(sim: SimFactory) -> None:
     wrong = VonageSettings(
         from_=SENDER, signature_secret=SECRET, application_id=APP_ID, private_key=pem_of(OTHER_KEY)
     )
-    outcome, resp = await s.send(s.kind(wrong))
-    assert resp.status == 401
-    assert isinstance(outcome, Unavailable)
+    await assert_a_wrong_credential_is_a_401(s, s.kind(wrong))
 
 
 @pytest.mark.parametrize(
@@ -493,85 +402,44 @@ def test_accounts_keep_their_secrets_out_of_repr() -> None:
 async def test_throttle_rate_answers_429_with_retry_after(sim: SimFactory) -> None:
     s = await sim()
     s.state.set_faults("vonage", {"throttle_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 429
+    outcome, resp = await assert_throttled(s)
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json(content_type=None))["title"] == "Rate Limit Hit"
-    assert isinstance(outcome, Throttled)
     assert outcome.retry_after == 1.0
-    assert s.state.stats.providers["vonage"].throttled == 1
-    assert s.receiver.callbacks == []
 
 
 async def test_faults_are_keyed_by_vonage(sim: SimFactory) -> None:
-    s = await sim()
-    s.state.set_faults("twilio", {"failure_rate": 1.0}, replace=True)
-    outcome, _ = await s.send()
-    assert isinstance(outcome, Accepted)
-
-    s.state.set_faults("vonage", {"failure_rate": 1.0}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 500
-    assert (await resp.json(content_type=None))["type"].endswith("#1030")
-    assert isinstance(outcome, Unavailable)
-
-    s.state.set_faults("vonage", {"down": True}, replace=True)
-    outcome, resp = await s.send()
-    assert resp.status == 503
-    assert isinstance(outcome, Unavailable)
-    counts = s.state.stats.providers["vonage"]
-    assert (counts.accepted, counts.errors, counts.down) == (1, 1, 1)
+    failed = await assert_faults_are_keyed_by_name(await sim())
+    assert (await failed.json(content_type=None))["type"].endswith("#1030")
 
 
 async def test_a_hung_request_is_left_unanswered(sim: SimFactory) -> None:
-    s = await sim(hang_rate=1.0)
-    req = s.kind().request(s.submission())
-    with pytest.raises(TimeoutError):
-        await s.client.session.post(
-            s.local(req.url),
-            headers=dict(req.headers),
-            data=req.body,
-            timeout=aiohttp.ClientTimeout(total=0.3),
-        )
-    await eventually(lambda: s.state.stats.providers["vonage"].hung == 1, what="the hang")
+    await assert_a_hung_request_is_left_unanswered(await sim(hang_rate=1.0))
 
 
 async def test_a_malformed_answer_is_accepted_and_still_reported(sim: SimFactory) -> None:
-    s = await sim(malformed_rate=1.0)
-    outcome, resp = await s.send()
-    assert resp.status == 202
-    assert outcome == Accepted(None, 202)
-    assert [c.data["status"] for c in await s.settled(2)] == ["submitted", "delivered"]
+    await assert_a_malformed_answer_is_still_reported(
+        await sim(malformed_rate=1.0), 202, ["submitted", "delivered"]
+    )
 
 
 async def test_the_final_report_can_come_before_the_answer(sim: SimFactory) -> None:
-    s = await sim(early_callback_rate=1.0)
-    outcome, _ = await s.send()
-    # The final report was taken before the 202 came back.
-    assert s.receiver.statuses() == ["delivered"]
-    assert isinstance(outcome, Accepted)
-    callbacks = await s.settled(2)
-    assert s.receiver.statuses() == ["delivered", "submitted"]
-    assert {c.data["message_uuid"] for c in callbacks} == {outcome.provider_message_id}
+    # The final report is taken before the 202 comes back.
+    await assert_the_final_report_can_come_first(
+        await sim(early_callback_rate=1.0), ["submitted", "delivered"]
+    )
 
 
 async def test_duplicate_and_contrary_reports(sim: SimFactory) -> None:
-    s = await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0)
-    await s.send()
-    callbacks = await s.settled(4)
-    assert s.receiver.statuses() == ["submitted", "rejected", "delivered", "delivered"]
-    vonage = s.kind()
-    for callback in callbacks:
-        vonage.verify(callback.incoming(), time.time())
+    await assert_duplicate_and_contrary_reports(
+        await sim(duplicate_callback_rate=1.0, out_of_order_rate=1.0),
+        ["submitted", "rejected", "delivered", "delivered"],
+    )
 
 
 async def test_reports_are_retried_and_signed_afresh(sim: SimFactory) -> None:
     s = await sim(callback_retry_for=5.0)
-    s.receiver.script = [503, 503]
-    await s.send()
-    await s.settled(2)
-    assert s.receiver.statuses() == ["submitted", "delivered"]
-    assert s.state.stats.report_retries == 2
+    await assert_refused_reports_are_retried(s, [503, 503], ["submitted", "delivered"])
     # Each try carries its own token (a new jti), so a retry is never a replay.
-    first_three = s.receiver.tokens[:3]
+    first_three = [c.headers.get("Authorization", "") for c in s.receiver.tries[:3]]
     assert len(set(first_three)) == 3
