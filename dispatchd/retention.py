@@ -81,12 +81,7 @@ class Retention:
                 if purged.messages < self._batch:
                     break
             if total.messages:
-                free = await self._step(self._store.reclaim_space(RECLAIM_PAGES))
-                while free:
-                    remaining = await self._step(self._store.reclaim_space(RECLAIM_PAGES))
-                    if remaining >= free:
-                        break  # nothing more to give back (another writer took them)
-                    free = remaining
+                free = await self._reclaim()
         except StoreError as exc:
             logger.warning(
                 "event=retention_failed error=%r deleted=%d", exc.message, total.messages
@@ -104,6 +99,17 @@ class Retention:
                 time.monotonic() - started,
             )
         return total
+
+    async def _reclaim(self) -> int:
+        """Give free pages back until none is left, or a step frees none (new writes took
+        them meanwhile); how many remain."""
+        free = await self._step(self._store.reclaim_space(RECLAIM_PAGES))
+        while free:
+            remaining = await self._step(self._store.reclaim_space(RECLAIM_PAGES))
+            if remaining >= free:
+                return remaining
+            free = remaining
+        return free
 
     async def _step(self, write: Awaitable[T]) -> T:
         """One write, then a rest as long as it took."""

@@ -437,7 +437,9 @@ class MemoryStore:
             for row in self._rows.values()
             if row.msg.status is Status.QUEUED and row.msg.expires_at <= now
         )[:limit]
-        return self._end([i for _, i in due], Status.EXPIRED, ErrorCode.EXPIRED, now)
+        return self._end(
+            [i for _, i in due], Status.EXPIRED, ErrorCode.EXPIRED, _EXPIRED_DETAIL, now
+        )
 
     async def time_out_reports(
         self, sent_before: float, now: float, limit: int
@@ -449,13 +451,13 @@ class MemoryStore:
             for row in self._rows.values()
             if row.msg.status is Status.SENT and row.msg.updated_at <= sent_before
         )[:limit]
-        return self._end([i for _, i in due], Status.UNKNOWN, ErrorCode.REPORT_TIMEOUT, now)
+        ids = [i for _, i in due]
+        return self._end(ids, Status.UNKNOWN, ErrorCode.REPORT_TIMEOUT, _UNKNOWN_DETAIL, now)
 
     def _end(
-        self, ids: list[str], status: Status, code: ErrorCode, now: float
+        self, ids: list[str], status: Status, code: ErrorCode, detail: str, now: float
     ) -> list[tuple[str, str]]:
         """End unclaimed messages that ran out of time; their (id, number)."""
-        detail = _UNKNOWN_DETAIL if status is Status.UNKNOWN else _EXPIRED_DETAIL
         for msg_id in ids:
             row = self._rows[msg_id]
             new = replace(

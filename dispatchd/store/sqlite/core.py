@@ -457,35 +457,27 @@ class SqliteStore:
 
     async def expire_due(self, now: float, limit: int) -> list[tuple[str, str]]:
         """End queued messages whose validity ran out by `now` (up to `limit`)."""
-
-        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            params = {"detail": EXPIRED_DETAIL, "now": now, "limit": limit}
-            rows = [(str(r[0]), str(r[1])) for r in conn.execute(EXPIRE_DUE, params).fetchall()]
-            conn.executemany(
-                INSERT_HISTORY, [(i, Status.EXPIRED.value, now, EXPIRED_DETAIL) for i, _ in rows]
-            )
-            return rows
-
-        return await self._write(op)
+        params = {"now": now, "limit": limit}
+        return await self._end_out_of_time(EXPIRE_DUE, params, Status.EXPIRED, EXPIRED_DETAIL)
 
     async def time_out_reports(
         self, sent_before: float, now: float, limit: int
     ) -> list[tuple[str, str]]:
         """End `unknown` messages sent by `sent_before` that never had a final report."""
+        params = {"now": now, "limit": limit, "sent_before": sent_before}
+        return await self._end_out_of_time(TIME_OUT_REPORTS, params, Status.UNKNOWN, UNKNOWN_DETAIL)
+
+    async def _end_out_of_time(
+        self, sql: str, params: dict[str, Any], status: Status, detail: str
+    ) -> list[tuple[str, str]]:
+        """Run a sweep's UPDATE ... RETURNING id, to_number and record each in history."""
 
         def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            params = {
-                "detail": UNKNOWN_DETAIL,
-                "now": now,
-                "sent_before": sent_before,
-                "limit": limit,
-            }
-            rows = conn.execute(TIME_OUT_REPORTS, params).fetchall()
-            out = [(str(r[0]), str(r[1])) for r in rows]
-            conn.executemany(
-                INSERT_HISTORY, [(i, Status.UNKNOWN.value, now, UNKNOWN_DETAIL) for i, _ in out]
-            )
-            return out
+            rows = conn.execute(sql, {**params, "detail": detail}).fetchall()
+            ended = [(str(r[0]), str(r[1])) for r in rows]
+            at = params["now"]
+            conn.executemany(INSERT_HISTORY, [(i, status.value, at, detail) for i, _ in ended])
+            return ended
 
         return await self._write(op)
 
