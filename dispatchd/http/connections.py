@@ -86,6 +86,13 @@ class ConnectionGuard:
         if timer is not None:
             timer.cancel()
 
+    def close_all(self) -> int:
+        """Close every connection still open; how many there were."""
+        left = list(self._open)
+        for conn in left:
+            self._close(conn)
+        return len(left)
+
     def _expire(self, conn: web.RequestHandler) -> None:
         if conn in self._open and conn not in self._busy:
             self.timed_out += 1
@@ -233,6 +240,15 @@ class GuardedAppRunner(web.AppRunner):
         # aiohttp's server and rebuild it as the subclass that reports to the guard.
         plain = await super()._make_server()
         return _GuardedServer(self.app[GUARD], plain, **self._handler_kwargs)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        # aiohttp shuts down the connections it had when the listener closed; one accepted
+        # in that moment registers later and would stay open, its socket leaked, until
+        # the process ends (forever, for a daemon run in-process).
+        left = self.app[GUARD].close_all()
+        if left:
+            logger.info("event=connections_closed_at_shutdown count=%d", left)
 
 
 def make_runner(

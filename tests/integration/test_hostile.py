@@ -891,3 +891,21 @@ def test_default_connection_cap_is_half_the_descriptors(monkeypatch: pytest.Monk
     for soft, expected in ((1024, 512), (20_000, 10_000), (50, 64)):
         monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, soft))  # noqa: B023
         assert dispatchd_connections.default_max_connections() == expected
+
+
+async def test_connections_left_after_the_servers_shutdown_are_closed_too(
+    guarded: GuardedFactory,
+) -> None:
+    # aiohttp closes the connections it knew of when its listener closed; the guard closes
+    # any that registered afterwards (one accepted in that moment), so none is leaked.
+    served = await guarded()
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        await wait_for(lambda: served.guard.open_connections == 1, what="the connection")
+        assert served.guard.close_all() == 1
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "the server hung up"
+        assert served.guard.open_connections == 0
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
